@@ -1,0 +1,7 @@
+"""Entry point for `python -m promptdex`."""
+
+import sys
+
+from promptdex.cli import main
+
+sys.exit(main())

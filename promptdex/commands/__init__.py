@@ -1,0 +1,1 @@
+"""Subcommands of the `promptdex` CLI that belong to the core."""

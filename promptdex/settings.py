@@ -1,0 +1,182 @@
+"""Settings read from the environment (prefix PROMPTDEX_, nested groups with `__`) and `.env`."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ModelsMode(StrEnum):
+    """Which models the generator and the embedders load."""
+
+    DEFAULT = "default"
+    TINY = "tiny"
+
+
+class DatabaseSettings(BaseModel):
+    """Connection pool and embedded-server knobs."""
+
+    pool_min_size: int = Field(1, ge=0, description="Connections the API pool keeps open.")
+    pool_max_size: int = Field(10, ge=1, description="Most connections the API pool opens.")
+    connect_timeout: float = Field(10.0, gt=0, description="Seconds to wait for a connection.")
+    embedded_start_timeout: float = Field(60.0, gt=0, description="Seconds to wait for the embedded server.")
+
+
+class GeneratorSettings(BaseModel):
+    """Defaults for `promptdex generate` and `promptdex worker`."""
+
+    model: str = Field("stabilityai/sd-turbo", description="Hub id, diffusers folder, or checkpoint file.")
+    device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")
+    dtype: str = Field("auto", description="auto (float16 on cuda, float32 otherwise), float32, float16, bfloat16.")
+    steps: int = Field(20, ge=1, description="Default sampling steps.")
+    cfg: float = Field(7.0, ge=0, description="Default classifier-free guidance scale.")
+    sampler: str = Field("Euler a", description="Default sampler (A1111 name or diffusers class).")
+    width: int = Field(512, ge=8, description="Default width in pixels.")
+    height: int = Field(512, ge=8, description="Default height in pixels.")
+    batch_size: int = Field(4, ge=1, description="Images per pipeline call.")
+
+
+class IndexerSettings(BaseModel):
+    """Embedders, bundles and keyword back end."""
+
+    clip_model: str = Field("ViT-B-32", description="open_clip model name.")
+    clip_pretrained: str = Field("laion2b_s34b_b79k", description="open_clip pretrained tag or checkpoint file.")
+    text_model: str = Field("all-MiniLM-L6-v2", description="sentence-transformers model for prompt vectors.")
+    device: str = Field("auto", description="Device for the embedders.")
+    batch_size: int = Field(32, ge=1, description="Images per embedding batch.")
+    thumb_size: int = Field(384, ge=16, description="Long side of thumbnails in pixels.")
+    exact_threshold: int = Field(200_000, ge=0, description="Below this many vectors a bundle is exact (flat).")
+    keyword_backend: str = Field("postgres", description="postgres or meilisearch.")
+    meili_url: str | None = Field(None, description="Meilisearch URL when keyword_backend=meilisearch.")
+    meili_key: str | None = Field(None, description="Meilisearch API key.")
+
+
+class ApiSettings(BaseModel):
+    """HTTP server."""
+
+    host: str = Field("127.0.0.1", description="Address `promptdex serve` binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `promptdex serve` binds.")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest accepted upload.")
+    max_upload_pixels: int = Field(50_000_000, ge=1, description="Most pixels in an accepted upload.")
+
+
+class Settings(BaseSettings):
+    """Every promptdex setting. Build with `get_settings()`, never at import."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PROMPTDEX_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    data_dir: Path = Field(Path("./data"), description="Where images, thumbnails, indexes and the database live.")
+    database_url: str | None = Field(
+        None, description="PostgreSQL URL (>= 14). Unset: an embedded server under the data dir."
+    )
+    models: ModelsMode = Field(ModelsMode.DEFAULT, description="default, or tiny (built-in offline models).")
+    images_dir: Path | None = Field(None, description="Generated images (default DATA_DIR/images).")
+    thumbs_dir: Path | None = Field(None, description="Thumbnails (default DATA_DIR/thumbs).")
+    indexes_dir: Path | None = Field(None, description="FAISS bundles (default DATA_DIR/indexes).")
+    models_dir: Path | None = Field(None, description="Locally built models (default DATA_DIR/models).")
+    postgres_dir: Path | None = Field(None, description="Embedded PostgreSQL (default DATA_DIR/postgres).")
+
+    db: DatabaseSettings = DatabaseSettings()
+    generator: GeneratorSettings = GeneratorSettings()
+    indexer: IndexerSettings = IndexerSettings()
+    api: ApiSettings = ApiSettings()
+
+    @cached_property
+    def data_path(self) -> Path:
+        """The data dir as an absolute path."""
+        return self.data_dir.expanduser().resolve()
+
+    def _sub(self, override: Path | None, name: str) -> Path:
+        return override.expanduser().resolve() if override is not None else self.data_path / name
+
+    @property
+    def images_path(self) -> Path:
+        return self._sub(self.images_dir, "images")
+
+    @property
+    def thumbs_path(self) -> Path:
+        return self._sub(self.thumbs_dir, "thumbs")
+
+    @property
+    def indexes_path(self) -> Path:
+        return self._sub(self.indexes_dir, "indexes")
+
+    @property
+    def models_path(self) -> Path:
+        return self._sub(self.models_dir, "models")
+
+    @property
+    def postgres_path(self) -> Path:
+        return self._sub(self.postgres_dir, "postgres")
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Read settings from the environment and `.env`; keyword overrides win."""
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(environment variable, default, description) for every setting, for docs and `.env.example`."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, f"{prefix}{name.upper()}__")
+                continue
+            default = field.default
+            shown = "" if default is None else (default.value if isinstance(default, StrEnum) else str(default))
+            rows.append((f"{prefix}{name.upper()}", shown, field.description or ""))
+
+    walk(Settings, "PROMPTDEX_")
+    return rows
+
+
+def env_example() -> str:
+    """The text of `.env.example`: every setting, its description and default."""
+    lines = [
+        "# promptdex settings. Copy to .env (or export them) and change what you need.",
+        "# Nested groups use a double underscore: PROMPTDEX_GROUP__NAME. Commented lines show the defaults.",
+    ]
+    group = None
+    for variable, default, description in describe_settings():
+        current = variable.split("__")[0] if "__" in variable else "PROMPTDEX"
+        if current != group:
+            lines.append("")
+            group = current
+        lines += [f"# {description}", f"# {variable}={default}"]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table() -> str:
+    """The configuration table of README.md."""
+    rows = ["| variable | default | what |", "|---|---|---|"]
+    for variable, default, description in describe_settings():
+        rows.append(f"| `{variable}` | {f'`{default}`' if default else '(unset)'} | {description} |")
+    return "\n".join(rows) + "\n"
+
+
+def write_docs(repo: Path) -> None:
+    """Regenerate `.env.example` and README's configuration table (between its config markers)."""
+    (repo / ".env.example").write_text(env_example())
+    readme = repo / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- config:start -->\n", "<!-- config:end -->"
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    readme.write_text(head + start + markdown_table() + end + tail)
+
+
+if __name__ == "__main__":
+    write_docs(Path.cwd())

@@ -1,0 +1,230 @@
+"""Corpus store: plain functions with keyword-only arguments and hand-written SQL over images and prompts."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+
+from promptdex.params import GenerationParams
+from promptdex.records import Image, ImageFilter, NewImage
+
+logger = logging.getLogger(__name__)
+
+Conn = psycopg.Connection[Any]
+Order = Literal["newest", "oldest"]
+
+# Columns written for every image, in COPY order; `prompt` is resolved to prompt_id on insert.
+_COLUMNS = (
+    "sha256", "path", "file_size", "file_mtime", "width", "height", "format", "prompt", "negative_prompt",
+    "seed", "steps", "cfg", "sampler", "scheduler", "sampler_class", "scheduler_config", "model", "model_hash",
+    "clip_skip", "denoising_strength", "init_image_sha256", "hires", "params", "generation", "source",
+    "raw_metadata", "created_at",
+)
+_IMAGE_COLUMNS = tuple(c for c in _COLUMNS if c != "prompt")
+_JSON_COLUMNS = {"scheduler_config", "hires", "params", "generation", "raw_metadata"}
+
+_SELECT = """
+SELECT i.*, coalesce(p.text, '') AS prompt
+FROM images i LEFT JOIN prompts p ON p.id = i.prompt_id
+"""
+
+
+def _row_values(image: NewImage) -> tuple[Any, ...]:
+    p = image.params
+    values: dict[str, Any] = {
+        "sha256": image.sha256, "path": image.path, "file_size": image.file_size, "file_mtime": image.file_mtime,
+        "width": image.width, "height": image.height, "format": image.format,
+        "prompt": p.prompt, "negative_prompt": p.negative_prompt, "seed": p.seed, "steps": p.steps,
+        "cfg": p.cfg, "sampler": p.sampler, "scheduler": p.scheduler, "sampler_class": image.sampler_class,
+        "scheduler_config": image.scheduler_config, "model": p.model, "model_hash": p.model_hash,
+        "clip_skip": p.clip_skip, "denoising_strength": p.denoising_strength,
+        "init_image_sha256": image.init_image_sha256,
+        "hires": p.hires.model_dump(mode="json") if p.hires else None,
+        "params": p.model_dump(mode="json"), "generation": image.generation, "source": image.source,
+        "raw_metadata": image.raw_metadata, "created_at": image.created_at or datetime.now().astimezone(),
+    }
+    return tuple(
+        json.dumps(values[c], ensure_ascii=False) if c in _JSON_COLUMNS and values[c] is not None else values[c]
+        for c in _COLUMNS
+    )
+
+
+def _to_image(row: dict[str, Any]) -> Image:
+    params = GenerationParams.model_validate(row["params"] or {}).model_copy(update={"prompt": row["prompt"]})
+    fields = {k: row[k] for k in NewImage.model_fields if k in row and k != "params"}
+    return Image.model_validate(
+        {**fields, "params": params, "id": row["id"], "prompt_id": row["prompt_id"], "imported_at": row["imported_at"]}
+    )
+
+
+def _prompt_id(conn: Conn, text: str) -> int | None:
+    if not text:
+        return None
+    row = conn.execute(
+        "INSERT INTO prompts (text) VALUES (%s) ON CONFLICT ((md5(text))) DO NOTHING RETURNING id", (text,)
+    ).fetchone()
+    if row is None:
+        row = conn.execute("SELECT id FROM prompts WHERE md5(text) = md5(%s)", (text,)).fetchone()
+    return None if row is None else int(_first(row))
+
+
+def _first(row: Any) -> Any:
+    return next(iter(row.values())) if isinstance(row, dict) else row[0]
+
+
+def add_image(conn: Conn, *, image: NewImage) -> tuple[int, bool]:
+    """Add one image; the same content (sha256) twice gives one row. Returns (id, created)."""
+    values = dict(zip(_COLUMNS, _row_values(image), strict=True))
+    prompt_id = _prompt_id(conn, values.pop("prompt"))
+    cols = [*values.keys(), "prompt_id"]
+    query = sql.SQL("INSERT INTO images ({cols}) VALUES ({vals}) ON CONFLICT (sha256) DO NOTHING RETURNING id").format(
+        cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
+        vals=sql.SQL(", ").join(sql.Placeholder() * len(cols)),
+    )
+    row = conn.execute(query, (*values.values(), prompt_id)).fetchone()
+    if row is not None:
+        return int(_first(row)), True
+    existing = conn.execute("SELECT id FROM images WHERE sha256 = %s", (image.sha256,)).fetchone()
+    if existing is None:  # pragma: no cover - only if the row was deleted between the two statements
+        raise psycopg.errors.UniqueViolation(f"image {image.sha256} vanished while being added")
+    return int(_first(existing)), False
+
+
+def get_image(conn: Conn, *, image_id: int) -> Image | None:
+    row = conn.execute(sql.SQL(_SELECT + " WHERE i.id = %s"), (image_id,)).fetchone()
+    return None if row is None else _to_image(row)
+
+
+def get_image_by_sha256(conn: Conn, *, sha256: str) -> Image | None:
+    row = conn.execute(sql.SQL(_SELECT + " WHERE i.sha256 = %s"), (sha256,)).fetchone()
+    return None if row is None else _to_image(row)
+
+
+def get_images(conn: Conn, *, ids: Sequence[int]) -> dict[int, Image]:
+    """Images by id (missing ids are absent from the result)."""
+    if not ids:
+        return {}
+    rows = conn.execute(sql.SQL(_SELECT + " WHERE i.id = ANY(%s)"), (list(ids),)).fetchall()
+    return {row["id"]: _to_image(row) for row in rows}
+
+
+def filter_clause(filters: ImageFilter | None, alias: str = "i") -> tuple[sql.Composable, list[Any]]:
+    """A WHERE clause (starting with WHERE, or empty) and its parameters for the given filters."""
+    if filters is None or filters.is_empty():
+        return sql.SQL(""), []
+    a = sql.Identifier(alias)
+    parts: list[sql.Composable] = []
+    args: list[Any] = []
+    checks: list[tuple[str, str, Any]] = [
+        ("model", "=", filters.model), ("sampler", "=", filters.sampler), ("width", "=", filters.width),
+        ("height", "=", filters.height), ("steps", ">=", filters.min_steps), ("steps", "<=", filters.max_steps),
+        ("cfg", ">=", filters.min_cfg), ("cfg", "<=", filters.max_cfg), ("seed", "=", filters.seed),
+        ("source", "=", filters.source), ("created_at", ">=", filters.since), ("created_at", "<", filters.until),
+    ]
+    for column, op, value in checks:
+        if value is None:
+            continue
+        parts.append(sql.SQL("{}.{} {} %s").format(a, sql.Identifier(column), sql.SQL(op)))
+        args.append(value)
+    return sql.SQL("WHERE ") + sql.SQL(" AND ").join(parts), args
+
+
+def filter_images(
+    conn: Conn,
+    *,
+    filters: ImageFilter | None = None,
+    order: Order = "newest",
+    limit: int = 50,
+    after: tuple[datetime, int] | None = None,
+) -> list[Image]:
+    """Images matching the filters, newest or oldest first; `after` is the (created_at, id) of the last seen row."""
+    where, args = filter_clause(filters)
+    direction = sql.SQL("DESC" if order == "newest" else "ASC")
+    if after is not None:
+        keyset = sql.SQL("(i.created_at, i.id) {} (%s, %s)").format(sql.SQL("<" if order == "newest" else ">"))
+        where = (where + sql.SQL(" AND ") if args else sql.SQL("WHERE ")) + keyset
+        args = [*args, *after]
+    query = sql.SQL(_SELECT) + where + sql.SQL(" ORDER BY i.created_at {d}, i.id {d} LIMIT %s").format(d=direction)
+    rows = conn.execute(query, (*args, limit)).fetchall()
+    return [_to_image(row) for row in rows]
+
+
+def count_images(conn: Conn, *, filters: ImageFilter | None = None) -> int:
+    where, args = filter_clause(filters)
+    row = conn.execute(sql.SQL("SELECT count(*) FROM images i ") + where, args).fetchone()
+    return int(_first(row)) if row else 0
+
+
+def count_rows(conn: Conn) -> dict[str, int]:
+    """Row counts of the main tables, for `promptdex db status`."""
+    counts: dict[str, int] = {}
+    for table in ("images", "prompts", "jobs", "index_entries"):
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
+        counts[table] = int(_first(row)) if row else 0
+    return counts
+
+
+def iter_rows(images: Iterable[NewImage]) -> Iterator[tuple[Any, ...]]:
+    for image in images:
+        yield _row_values(image)
+
+
+def bulk_load(conn: Conn, *, images: Iterable[NewImage] | None = None,
+              rows: Iterable[Sequence[Any]] | None = None) -> int:
+    """Load many images with COPY (duplicates by sha256 skipped). Returns how many rows were added.
+
+    Pass `images` (NewImage records) or `rows` already shaped like `copy_columns()` (JSON columns as
+    JSON text), which skips validation for synthetic corpora.
+    """
+    source = rows if rows is not None else iter_rows(images or [])
+    with conn.transaction():
+        conn.execute(
+            "CREATE TEMP TABLE staging_images ("
+            + ", ".join(f"{c} {_staging_type(c)}" for c in _COLUMNS)
+            + ") ON COMMIT DROP"
+        )
+        copy_sql = sql.SQL("COPY staging_images ({}) FROM STDIN").format(
+            sql.SQL(", ").join(map(sql.Identifier, _COLUMNS))
+        )
+        with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+            for row in source:
+                copy.write_row(row)
+        conn.execute(
+            "INSERT INTO prompts (text) SELECT DISTINCT prompt FROM staging_images WHERE prompt <> '' "
+            "ON CONFLICT ((md5(text))) DO NOTHING"
+        )
+        cols = sql.SQL(", ").join(map(sql.Identifier, _IMAGE_COLUMNS))
+        scols = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in _IMAGE_COLUMNS)
+        inserted = conn.execute(
+            sql.SQL(
+                "INSERT INTO images ({cols}, prompt_id) "
+                "SELECT DISTINCT ON (s.sha256) {scols}, p.id FROM staging_images s "
+                "LEFT JOIN prompts p ON md5(p.text) = md5(s.prompt) AND s.prompt <> '' "
+                "ORDER BY s.sha256 ON CONFLICT (sha256) DO NOTHING"
+            ).format(cols=cols, scols=scols)
+        )
+        added = inserted.rowcount
+    logger.info("bulk-loaded %d images", added)
+    return added
+
+
+def copy_columns() -> tuple[str, ...]:
+    """The column order `bulk_load(rows=...)` expects."""
+    return _COLUMNS
+
+
+def _staging_type(column: str) -> str:
+    types = {
+        "file_size": "bigint", "file_mtime": "double precision", "width": "integer", "height": "integer",
+        "seed": "numeric(20,0)", "steps": "integer", "cfg": "double precision", "clip_skip": "integer",
+        "denoising_strength": "double precision", "created_at": "timestamptz",
+    }
+    if column in _JSON_COLUMNS:
+        return "jsonb"
+    return types.get(column, "text")

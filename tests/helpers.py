@@ -1,0 +1,23 @@
+"""Helpers for tests that run the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The current environment without any PROMPTDEX_ setting, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTDEX_")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **extra)
+    return env
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "promptdex", *args], cwd=cwd, env=env if env is not None else clean_env(),
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )
