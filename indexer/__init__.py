@@ -1,0 +1,1 @@
+"""Indexer: metadata readers, folder import, thumbnails, embedders, FAISS bundles and keyword index back ends."""

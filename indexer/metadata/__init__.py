@@ -1,0 +1,1 @@
+"""Metadata readers: image containers and every front end's generation-parameter formats."""
