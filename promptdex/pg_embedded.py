@@ -77,6 +77,8 @@ class EmbeddedPostgres:
         """Start the server or join the running one; returns the connection URL for DATABASE."""
         self._prepare_root()
         with self._locked():
+            if os.geteuid() == 0:
+                self._prepare_for_system_user()
             self._init_if_needed()
             started = False
             if not self._running():
@@ -210,8 +212,6 @@ class EmbeddedPostgres:
     def _init_if_needed(self) -> None:
         if (self.pgdata / "PG_VERSION").exists():
             return
-        if os.geteuid() == 0:
-            self._prepare_for_system_user()
         self.pgdata.mkdir(exist_ok=True)
         if os.geteuid() == 0:
             import pwd
@@ -239,11 +239,15 @@ class EmbeddedPostgres:
                 if mode & 0o011 != 0o011:
                     parent.chmod(mode | 0o011)
         lib = _bin_dir().parent
+        marker = lib / ".promptdex-permissions-ok"
+        if marker.exists():
+            return
         for path in lib.rglob("*"):
             mode = path.stat().st_mode
             want = mode | 0o044 | (0o011 if path.is_dir() or mode & 0o100 else 0)
             if want != mode:
                 path.chmod(want)
+        marker.touch()
 
     def _is_our_postgres(self, pid: int) -> bool:
         try:

@@ -34,18 +34,25 @@ def metadata_fixtures() -> Path:
 
 
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server_url() -> Iterator[str]:
     """A URL to the maintenance database of a real server: PROMPTDEX_DATABASE_URL's, or an embedded one."""
     external = os.environ.get("PROMPTDEX_DATABASE_URL")
     if external:
         yield external
         return
+    import shutil
+    import tempfile
+
     from promptdex.pg_embedded import EmbeddedPostgres
 
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pgserver") / "postgres")
+    # Not under pytest's basetemp: another pytest session on this machine resets its permissions to 0700,
+    # which would lock out the unprivileged account the server runs as when tests run as root.
+    root = Path(tempfile.mkdtemp(prefix="promptdex-test-pg-"))
+    server = EmbeddedPostgres(root / "postgres")
     server.acquire()
     yield server.url("postgres")
     server.release()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
