@@ -38,6 +38,14 @@ class GeneratorSettings(BaseModel):
     width: int = Field(512, ge=8, description="Default width in pixels.")
     height: int = Field(512, ge=8, description="Default height in pixels.")
     batch_size: int = Field(4, ge=1, description="Images per pipeline call.")
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads while generating (unset: torch's default); recorded per image."
+    )
+    inputs_dir: Path | None = Field(None, description="Kept img2img init images (default IMAGES_DIR/.inputs).")
+    poll_seconds: float = Field(2.0, gt=0, description="How often an idle `promptdex worker` looks for jobs.")
+    lease_seconds: float = Field(
+        600.0, gt=0, description="A worker's hold on a job; a job whose worker died is retried after it."
+    )
 
 
 class IndexerSettings(BaseModel):
@@ -50,6 +58,14 @@ class IndexerSettings(BaseModel):
     batch_size: int = Field(32, ge=1, description="Images per embedding batch.")
     thumb_size: int = Field(384, ge=16, description="Long side of thumbnails in pixels.")
     exact_threshold: int = Field(200_000, ge=0, description="Below this many vectors a bundle is exact (flat).")
+    approx_factory: str = Field(
+        "IVF{nlist},Flat", description="FAISS factory string of the approximate index ({nlist}: 4*sqrt(count)).")
+    nprobe: int = Field(16, ge=1, description="Inverted lists an approximate index searches.")
+    checkpoint_every: int = Field(
+        10_000, ge=1, description="`promptdex index` saves the bundles after this many new vectors.")
+    import_workers: int = Field(0, ge=0, description="Threads that decode images on import (0: one per CPU core).")
+    max_image_pixels: int = Field(
+        100_000_000, ge=1, description="Larger images are rejected on import (decompression bombs).")
     keyword_backend: str = Field("postgres", description="postgres or meilisearch.")
     meili_url: str | None = Field(None, description="Meilisearch URL when keyword_backend=meilisearch.")
     meili_key: str | None = Field(None, description="Meilisearch API key.")

@@ -1,0 +1,128 @@
+"""`promptdex inspect`, `promptdex import` and `promptdex index [status]`: parse, call the library, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from contextlib import nullcontext
+from typing import Any
+
+from promptdex.cli import out
+from promptdex.settings import Settings
+
+
+def register(sub: Any) -> None:
+    inspect = sub.add_parser("inspect", help="print the generation metadata read from image files")
+    inspect.add_argument("files", nargs="+", metavar="FILE", help="PNG, JPEG or WebP files")
+    inspect.add_argument("--json", action="store_true", help="print a JSON list (one object per file)")
+    inspect.set_defaults(func=run_inspect)
+
+    imp = sub.add_parser("import", help="import folders of PNG/JPEG/WebP images with their metadata")
+    imp.add_argument("paths", nargs="+", metavar="PATH", help="folders (searched recursively) or image files")
+    imp.add_argument("--workers", type=int, default=None, help="decoding threads (default: one per CPU core)")
+    imp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    imp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    imp.set_defaults(func=run_import)
+
+    index = sub.add_parser("index", help="embed new images and prompts; update FAISS bundles and keyword index")
+    index.add_argument("action", nargs="?", choices=["status"], help="status: counts per bundle and pending work")
+    index.add_argument("--rebuild", action="store_true", help="start the bundles and the keyword index afresh")
+    index.add_argument("--json", action="store_true", help="print JSON")
+    index.add_argument("--no-progress", action="store_true", help="no progress bar")
+    index.set_defaults(func=run_index_command)
+
+
+def _text_report(item: dict[str, Any]) -> list[str]:
+    lines = [f"{item['file']}"]
+    if item["error"]:
+        return [*lines, f"  error: {item['error']}"]
+    lines.append(f"  source: {item['source']} ({item['software']})")
+    for key in ("prompt", "negative_prompt"):
+        if item[key]:
+            lines.append(f"  {key}: {item[key]!r}")
+    settings = [f"{k}={item[k]}" for k in ("seed", "steps", "cfg", "sampler", "scheduler", "width", "height",
+                                            "model", "model_hash", "clip_skip", "denoising_strength")
+                if item[k] is not None]
+    if settings:
+        lines.append("  " + ", ".join(settings))
+    if item["hires"]:
+        lines.append(f"  hires: {item['hires']}")
+    if item["upscale"]:
+        lines.append(f"  upscale: {item['upscale']}")
+    lines += [f"  warning: {w}" for w in item["warnings"]]
+    lines.append(f"  raw: {', '.join(item['raw']) or '(none)'}")
+    return lines
+
+
+def run_inspect(args: argparse.Namespace, settings: Settings) -> int:
+    from indexer.metadata.reader import read_metadata
+
+    results = [read_metadata(path).to_json() for path in args.files]
+    if args.json:
+        out(json.dumps(results, ensure_ascii=False, indent=1))
+    else:
+        for item in results:
+            for line in _text_report(item):
+                out(line)
+    return 1 if any(item["error"] for item in results) else 0
+
+
+def run_import(args: argparse.Namespace, settings: Settings) -> int:
+    from indexer.importer import import_paths
+    from promptdex.db import open_database
+
+    db = open_database(settings)
+    try:
+        with db.connect(autocommit=True) as conn:
+            summary = import_paths(conn, settings, args.paths, workers=args.workers, progress=not args.no_progress)
+    finally:
+        db.close()
+    if args.json:
+        out(json.dumps(summary.to_json(), ensure_ascii=False, indent=1))
+    else:
+        for path, error in summary.errors:
+            out(f"error: {path}: {error}")
+        for path, warning in summary.warnings:
+            out(f"warning: {path}: {warning}")
+        out(summary.line())
+    return 1 if summary.errors and not summary.imported and not summary.unchanged and not summary.duplicates else 0
+
+
+def run_index_command(args: argparse.Namespace, settings: Settings) -> int:
+    from indexer.indexing import index_status, run_index
+    from indexer.keyword import open_keyword_index
+    from promptdex.db import open_database
+
+    db = open_database(settings)
+    try:
+        with db.connect(autocommit=True) as conn:
+            keyword = open_keyword_index(settings, lambda: nullcontext(conn))
+            if args.action == "status":
+                return _print_status(index_status(conn, settings, keyword), as_json=args.json)
+            from indexer.embedders import load_embedders
+
+            report = run_index(conn, settings, load_embedders(settings), keyword, rebuild=args.rebuild,
+                               progress=not args.no_progress)
+    finally:
+        db.close()
+    if args.json:
+        out(json.dumps(report.to_json(), indent=1))
+    else:
+        for bundle in report.bundles:
+            for item_id, error in bundle.skipped:
+                out(f"skipped: {bundle.name} item {item_id}: {error}")
+        out(report.line())
+    return 0
+
+
+def _print_status(status: dict[str, Any], *, as_json: bool) -> int:
+    if as_json:
+        out(json.dumps(status, indent=1))
+        return 0
+    for b in status["bundles"]:
+        built = (f"{b['count']} vectors, {b['index_type']}, model {b['model']}, generation {b['generation']}"
+                 if b["built"] else "not built")
+        out(f"{b['name']}: {built}; recorded {b['recorded']}, pending {b['pending']}")
+    k = status["keyword"]
+    out(f"keyword ({k['backend']}): recorded {k['recorded']}, pending {k['pending']}")
+    return 0
