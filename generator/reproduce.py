@@ -1,0 +1,142 @@
+"""Make a stored image again from its generation record and say whether the pixels are identical, and if not why."""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from generator.environment import environment_differences, environment_record, torch_threads
+from generator.hashing import sha256_bytes
+from generator.output import load_input_image, restore_file
+from generator.render import RECORD_SCHEMA, render_batch, spec_from_record
+from generator.service import ModelCache, encode_rendered, inputs_path
+from promptdex.errors import InvalidInput, NotFound
+from promptdex.settings import Settings
+from promptdex.store import get_image
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ReproduceReport:
+    """The verdict: `identical` compares pixels; the rest says what differs and where it may come from."""
+
+    image_id: int
+    identical: bool
+    file_identical: bool
+    restored: bool = False
+    pixels: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, list[Any]] = field(default_factory=dict)
+    model: dict[str, list[Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        if self.identical:
+            how = "restored the missing file" if self.restored else "pixels identical"
+            return f"image {self.image_id}: reproduced bit for bit ({how})"
+        parts = [f"image {self.image_id}: NOT identical"]
+        if self.pixels:
+            parts.append(f"{self.pixels.get('differing', '?')} of {self.pixels.get('total', '?')} pixel values "
+                         f"differ (largest difference {self.pixels.get('max_abs_diff', '?')})")
+        if self.environment:
+            parts.append("environment differs: " + "; ".join(f"{k} {v[0]} -> {v[1]}"
+                                                              for k, v in self.environment.items()))
+        if self.model:
+            parts.append("model differs: " + "; ".join(f"{k} {v[0]} -> {v[1]}" for k, v in self.model.items()))
+        parts += self.notes
+        return "; ".join(parts)
+
+
+def generation_record(image: Any) -> dict[str, Any]:
+    record = image.generation
+    if not record or not str(record.get("schema", "")).startswith(RECORD_SCHEMA.rsplit("/", 1)[0]):
+        raise InvalidInput(f"image {image.id} has no promptdex generation record (source {image.source!r}); only "
+                           "images made by `promptdex generate` can be reproduced")
+    return dict(record)
+
+
+def recorded_device_and_dtype(record: dict[str, Any]) -> tuple[str, str, int | None, list[str]]:
+    """The device, dtype and thread count to reproduce with: the recorded ones when this machine has them."""
+    import torch
+
+    env = record.get("environment") or {}
+    device, dtype, notes = str(env.get("device") or "auto"), str(env.get("dtype") or "auto"), []
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())}
+    if not available.get(device, False):
+        notes.append(f"recorded device {device!r} is not available here; used auto")
+        device = "auto"
+        if dtype == "float16":
+            dtype = "auto"
+    threads = env.get("torch_threads")
+    return device, dtype, int(threads) if threads else None, notes
+
+
+def reproduce_image(conn: Any, settings: Settings, *, image_id: int, cache: ModelCache, threads: int | None = None,
+                    restore: bool = True) -> ReproduceReport:
+    """Render image `image_id` again with its recorded batch and compare.
+
+    Runs with the recorded torch thread count unless `threads` is given; the device and dtype are the cache's
+    (`recorded_device_and_dtype` gives the recorded ones). A missing file is restored when the new bytes match.
+    """
+    image = get_image(conn, image_id=image_id)
+    if image is None:
+        raise NotFound(f"image {image_id} is not in the corpus")
+    record = generation_record(image)
+    spec, items, index = spec_from_record(record)
+    from generator.loading import model_args_from_identity
+
+    args = model_args_from_identity(record["model"])
+    loaded = cache.get_model(model=args["model"], config=args["config"], revision=args["revision"], vae=args["vae"])
+    model_diffs = {k: [record["model"].get(k), loaded.identity.get(k)] for k in ("sha256", "revision", "pipeline")
+                   if record["model"].get(k) != loaded.identity.get(k)}
+    init = None
+    if spec.init_image:
+        init = load_input_image(spec.init_image, inputs_path=inputs_path(settings), size=(spec.width, spec.height))
+    recorded_threads = (record.get("environment") or {}).get("torch_threads")
+    with torch_threads(threads or (int(recorded_threads) if recorded_threads else None)):
+        rendered = render_batch(loaded, spec, items, init_image=init)[index]
+        environment = environment_record(loaded.device, loaded.dtype)
+    data, _, _ = encode_rendered(loaded, spec, items, index, rendered.image, environment)
+    env_diffs = environment_differences(record.get("environment") or {}, environment)
+    report = ReproduceReport(image_id, identical=False, file_identical=sha256_bytes(data) == image.sha256,
+                             environment=env_diffs, model=model_diffs)
+    stored = _stored_path(settings, image.path)
+    if stored.is_file():
+        report.pixels = compare_pixels(stored.read_bytes(), rendered.image)
+        report.identical = report.pixels["differing"] == 0 and report.pixels["same_size"]
+    elif report.file_identical and restore:
+        restore_file(images_path=settings.images_path, rel=image.path, data=data)
+        report.identical = report.restored = True
+    else:
+        report.notes.append(f"the stored file {stored} is missing" + (
+            "" if report.file_identical else " and the new render's bytes differ, so it was not restored"))
+    logger.info(report.summary())
+    return report
+
+
+def _stored_path(settings: Settings, path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else settings.images_path / p
+
+
+def compare_pixels(stored_png: bytes, image: Any) -> dict[str, Any]:
+    """How two images' RGB values differ: total values, differing values, the largest difference."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(stored_png)) as img:
+        old = np.asarray(img.convert("RGB"), dtype=np.int16)
+    new = np.asarray(image.convert("RGB"), dtype=np.int16)
+    if old.shape != new.shape:
+        return {"same_size": False, "total": int(old.size), "differing": int(old.size),
+                "max_abs_diff": None, "stored_size": list(old.shape[:2][::-1]), "new_size": list(new.shape[:2][::-1])}
+    diff = np.abs(old - new)
+    return {"same_size": True, "total": int(diff.size), "differing": int(np.count_nonzero(diff)),
+            "max_abs_diff": int(diff.max()) if diff.size else 0}

@@ -1,0 +1,275 @@
+"""Generation runs: fill in defaults, group compatible images into batches, render, write files and rows.
+
+Used by `promptdex generate` (in process) and by the worker (per claimed jobs). Images that share everything
+but prompt, negative prompt and seed are batched together (up to the batch size); one model stays loaded in a
+`ModelCache` while consecutive batches use it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from generator.environment import environment_record
+from generator.loading import LoadedModel, load_pipeline, model_args_from_identity
+from generator.output import load_input_image, save_image
+from generator.render import BatchItem, RenderSpec, make_params, make_record, render_batch
+from generator.requests import GenerateRequest, random_seeds
+from generator.samplers import make_scheduler, resolve_sampler, scheduler_config, scheduler_from_record
+from promptdex.errors import InvalidInput, PromptdexError
+from promptdex.records import Image, NewImage
+from promptdex.settings import ModelsMode, Settings
+
+logger = logging.getLogger(__name__)
+
+
+def inputs_path(settings: Settings) -> Path:
+    """Where init images are kept (PROMPTDEX_GENERATOR__INPUTS_DIR, default IMAGES_DIR/.inputs)."""
+    configured = settings.generator.inputs_dir
+    return configured.expanduser().resolve() if configured is not None else settings.images_path / ".inputs"
+
+
+def default_model(settings: Settings) -> str:
+    return "tiny" if settings.models == ModelsMode.TINY else settings.generator.model
+
+
+def fill_defaults(request: GenerateRequest, settings: Settings) -> GenerateRequest:
+    """The request with every unset setting taken from PROMPTDEX_GENERATOR__* (and PROMPTDEX_MODELS)."""
+    g = settings.generator
+    update: dict[str, Any] = {}
+    for name, value in (("steps", g.steps), ("cfg", g.cfg), ("width", g.width), ("height", g.height),
+                        ("model", default_model(settings))):
+        if getattr(request, name) is None:
+            update[name] = value
+    if request.sampler is None and request.scheduler_class is None:
+        update["sampler"] = g.sampler
+    return request.model_copy(update=update)
+
+
+def with_seeds(request: GenerateRequest, seeds: Sequence[int] | None = None) -> GenerateRequest:
+    """The request with one seed per image: its own, the given ones, or newly drawn random ones."""
+    if request.seeds is not None:
+        return request
+    chosen = list(seeds) if seeds is not None else random_seeds(request.count)
+    return request.model_copy(update={"seeds": chosen, "count": len(chosen)})
+
+
+def model_key(request: GenerateRequest) -> tuple[str | None, ...]:
+    return (request.model, request.model_config_path, request.revision, request.vae)
+
+
+def batch_key(request: GenerateRequest) -> str:
+    """Requests with the same key can share a pipeline call."""
+    data = request.model_dump(exclude={"prompt", "negative_prompt", "seeds", "count", "kind"})
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+class ModelCache:
+    """Keeps the last loaded model; loads another when a request needs it (releasing the previous one)."""
+
+    def __init__(self, settings: Settings, *, device: str | None = None, dtype: str | None = None,
+                 local_files_only: bool = False) -> None:
+        self.settings = settings
+        self.device = device or settings.generator.device
+        self.dtype = dtype or settings.generator.dtype
+        self.local_files_only = local_files_only
+        self._key: tuple[str | None, ...] | None = None
+        self._loaded: LoadedModel | None = None
+
+    def get(self, request: GenerateRequest) -> LoadedModel:
+        return self.get_model(model=request.model, config=request.model_config_path, revision=request.revision,
+                              vae=request.vae)
+
+    def get_model(self, *, model: str | None, config: str | None = None, revision: str | None = None,
+                  vae: str | None = None) -> LoadedModel:
+        key = (model, config, revision, vae)
+        if self._loaded is None or key != self._key:
+            self.close()
+            self._loaded = load_pipeline(
+                model or default_model(self.settings), device=self.device, dtype=self.dtype, vae=vae,
+                config=config, revision=revision, local_files_only=self.local_files_only,
+                models_path=self.settings.models_path,
+            )
+            self._key = key
+        return self._loaded
+
+    def close(self) -> None:
+        if self._loaded is not None:
+            self._loaded.release()
+        self._loaded, self._key = None, None
+
+
+def spec_for(request: GenerateRequest, loaded: LoadedModel) -> RenderSpec:
+    """The render spec of a (checked, filled) request on a loaded model."""
+    if request.scheduler_class is not None:  # an exact scheduler, e.g. from a record (--like, variations)
+        cls = request.scheduler_class
+        config = scheduler_config(scheduler_from_record(cls, request.scheduler_config or {}))
+        sampler, schedule = request.sampler or cls, request.schedule or "Automatic"
+    else:
+        choice = resolve_sampler(request.sampler or "", request.schedule)
+        config = scheduler_config(make_scheduler(choice, loaded.base_scheduler_config))
+        sampler, schedule, cls = choice.sampler, choice.schedule, choice.cls
+    if request.clip_skip > max(loaded.text_encoder_layers, 1):
+        raise InvalidInput(f"--clip-skip: {request.clip_skip} is more than the model's "
+                           f"{loaded.text_encoder_layers} text encoder layers")
+    return RenderSpec(
+        task="img2img" if request.init_image else "txt2img", sampler=sampler, schedule=schedule,
+        scheduler_class=cls, scheduler_config_json=json.dumps(config, sort_keys=True), steps=int(request.steps or 0),
+        cfg=float(request.cfg or 0), width=int(request.width or 0), height=int(request.height or 0),
+        clip_skip=request.clip_skip, init_image=request.init_image, strength=request.strength,
+    )
+
+
+@dataclass
+class Outcome:
+    """Per request: the image ids in seed order (blocked images left out) or the error that stopped it."""
+
+    ids: list[list[int]]
+    errors: dict[int, str] = field(default_factory=dict)
+    retryable: set[int] = field(default_factory=set)  # failed requests whose error may pass on a retry
+    created: int = 0
+    existing: int = 0
+    blocked: int = 0
+
+
+Progress = Callable[[int], None]
+
+
+def plan_batches(requests: Sequence[GenerateRequest], batch_size: int) -> list[list[tuple[int, int]]]:
+    """(request index, seed index) lists, one per pipeline call, grouped by model first."""
+    groups: dict[str, list[tuple[int, int]]] = {}
+    for ri, request in enumerate(requests):
+        for si in range(len(request.seeds or [])):
+            groups.setdefault(batch_key(request), []).append((ri, si))
+    ordered = sorted(groups.values(), key=lambda g: str(model_key(requests[g[0][0]])))
+    return [group[i:i + batch_size] for group in ordered for i in range(0, len(group), batch_size)]
+
+
+def generate_images(
+    conn: Any,
+    settings: Settings,
+    requests: Sequence[GenerateRequest],
+    *,
+    cache: ModelCache,
+    batch_size: int,
+    progress: Progress | None = None,
+    after_batch: Callable[[], None] | None = None,
+    fail_fast: bool = True,
+) -> Outcome:
+    """Render and store the images of checked requests that have their seeds. `conn`: autocommit connection."""
+    outcome = Outcome(ids=[[] for _ in requests])
+    slots: list[list[int | None]] = [[None] * len(r.seeds or []) for r in requests]
+    for batch in plan_batches(requests, max(1, batch_size)):
+        if any(ri in outcome.errors for ri, _ in batch):
+            if progress:
+                progress(len(batch))
+            continue
+        first = requests[batch[0][0]]
+        try:
+            _render_and_store(conn, settings, requests, batch, first, cache, outcome, slots)
+        except (PromptdexError, RuntimeError, ValueError, OSError) as exc:
+            if fail_fast:
+                raise
+            message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PromptdexError) else str(exc)
+            logger.error("batch of %d images failed: %s", len(batch), message)
+            for ri, _ in batch:
+                outcome.errors.setdefault(ri, message)
+                if not isinstance(exc, PromptdexError):
+                    outcome.retryable.add(ri)
+        if progress:
+            progress(len(batch))
+        if after_batch:
+            after_batch()
+    outcome.ids = [[i for i in row if i is not None] for row in slots]
+    return outcome
+
+
+def _render_and_store(conn: Any, settings: Settings, requests: Sequence[GenerateRequest],
+                      batch: list[tuple[int, int]], first: GenerateRequest, cache: ModelCache, outcome: Outcome,
+                      slots: list[list[int | None]]) -> None:
+    loaded = cache.get(first)
+    spec = spec_for(first, loaded)
+    items = [BatchItem(requests[ri].prompt, requests[ri].negative_prompt, (requests[ri].seeds or [])[si])
+             for ri, si in batch]
+    init = None
+    if spec.init_image:
+        init = load_input_image(spec.init_image, inputs_path=inputs_path(settings), size=(spec.width, spec.height))
+    rendered = render_batch(loaded, spec, items, init_image=init)
+    environment = environment_record(loaded.device, loaded.dtype)
+    for index, ((ri, si), result) in enumerate(zip(batch, rendered, strict=True)):
+        if result.blocked:
+            outcome.blocked += 1
+            logger.warning("the model's safety checker blocked seed %d of %r; not stored", items[index].seed,
+                           items[index].prompt[:60])
+            continue
+        saved = store_rendered(conn, settings, loaded, spec, items, index, result.image, environment)
+        slots[ri][si] = saved[0]
+        outcome.created += int(saved[1])
+        outcome.existing += int(not saved[1])
+
+
+def encode_rendered(loaded: LoadedModel, spec: RenderSpec, items: list[BatchItem], index: int, image: Any,
+                    environment: dict[str, Any]) -> tuple[bytes, dict[str, str], NewImage]:
+    """PNG bytes, text chunks and the row (sha256/path filled in by `save_image`) of one rendered image."""
+    from generator.output import encode_png
+    from promptdex.params import format_a1111
+
+    record = make_record(loaded, spec, items, index, environment)
+    params = make_params(loaded, spec, items[index])
+    data, chunks = encode_png(image, parameters=format_a1111(params), record=record)
+    row = NewImage(
+        sha256="0" * 64, path="", width=image.width, height=image.height, format="PNG", params=params,
+        source="generated", raw_metadata=chunks, sampler_class=spec.scheduler_class,
+        scheduler_config=spec.scheduler_config, init_image_sha256=spec.init_image, generation=record,
+        created_at=datetime.now().astimezone(),
+    )
+    return data, chunks, row
+
+
+def store_rendered(conn: Any, settings: Settings, loaded: LoadedModel, spec: RenderSpec, items: list[BatchItem],
+                   index: int, image: Any, environment: dict[str, Any]) -> tuple[int, bool]:
+    data, _, row = encode_rendered(loaded, spec, items, index, image, environment)
+    saved = save_image(conn, images_path=settings.images_path, data=data, image=row)
+    return saved.id, saved.created
+
+
+def request_like(image: Image, *, seeds: list[int] | None = None, count: int = 1,
+                 overrides: dict[str, Any] | None = None) -> GenerateRequest:
+    """A request for new images with `image`'s settings: from its generation record when we made it, else from
+    its A1111 parameters (then the model is the current default unless overridden)."""
+    fields: dict[str, Any]
+    record = image.generation
+    if record and record.get("schema", "").startswith("promptdex.generation/"):
+        from generator.render import spec_from_record
+
+        spec, items, index = spec_from_record(record)
+        fields = {
+            "prompt": items[index].prompt, "negative_prompt": items[index].negative_prompt, "steps": spec.steps,
+            "cfg": spec.cfg, "sampler": spec.sampler, "schedule": spec.schedule, "width": spec.width,
+            "height": spec.height, "clip_skip": spec.clip_skip, "init_image": spec.init_image,
+            "strength": spec.strength, "scheduler_class": spec.scheduler_class,
+            "scheduler_config": spec.scheduler_config, **_model_fields(record["model"]),
+        }
+    else:
+        p = image.params
+        fields = {"prompt": p.prompt, "negative_prompt": p.negative_prompt, "steps": p.steps, "cfg": p.cfg,
+                  "sampler": p.sampler, "schedule": p.scheduler, "width": p.width or image.width,
+                  "height": p.height or image.height, "clip_skip": p.clip_skip or 1}
+    changed = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if {"sampler", "schedule"} & set(changed):
+        fields.update(scheduler_class=None, scheduler_config=None)
+    if "model" in changed:
+        fields.update(model_config_path=None, revision=None, vae=None)
+    fields.update(changed)
+    return GenerateRequest(**fields, seeds=seeds, count=len(seeds) if seeds else count)
+
+
+def _model_fields(identity: dict[str, Any]) -> dict[str, Any]:
+    args = model_args_from_identity(identity)
+    return {"model": args["model"], "model_config_path": args["config"], "revision": args["revision"],
+            "vae": args["vae"]}

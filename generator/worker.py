@@ -1,0 +1,199 @@
+"""`promptdex worker`: take generation jobs from PostgreSQL, batch compatible ones, keep the model loaded.
+
+Jobs are claimed with `promptdex.jobs.claim_jobs` (FOR UPDATE SKIP LOCKED), so any number of workers on any
+number of machines never take the same job. A worker renews its lease after every batch; a worker that dies
+stops renewing, and once its lease has run out the job is handed to the next worker (up to the job's
+max_attempts). Jobs are idempotent: their seeds are fixed when queued (or derived from the job), so a retried
+job makes the same bytes, which the corpus stores once. Payload schema: see `generator.requests`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from generator.environment import torch_threads
+from generator.output import input_image_file, repair_incoming
+from generator.requests import (
+    RANDOM_SEED_BITS,
+    GenerateRequest,
+    ReproduceJob,
+    VariationsJob,
+    check_inputs,
+    parse_payload,
+)
+from generator.service import ModelCache, fill_defaults, generate_images, inputs_path, request_like, with_seeds
+from promptdex.db import open_database
+from promptdex.errors import InvalidInput, NotFound, PromptdexError
+from promptdex.jobs import Job, claim_jobs, complete_job, extend_lease, fail_job
+from promptdex.settings import Settings
+from promptdex.store import get_image
+
+logger = logging.getLogger(__name__)
+
+JOB_KINDS = ("generate", "reproduce", "variations")
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def job_seeds(job: Job, count: int) -> list[int]:
+    """Seeds for a job that did not name any: random-looking, but the same on every attempt of that job."""
+    rng = random.Random(f"promptdex-job:{job.id}:{job.created_at.isoformat()}")
+    return [rng.randrange(2**RANDOM_SEED_BITS) for _ in range(count)]
+
+
+@dataclass
+class WorkerReport:
+    name: str
+    done: int = 0
+    failed: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"worker {self.name}: {self.done} jobs done, {self.failed} failed, {self.images} images "
+                f"in {self.seconds:.1f} s")
+
+
+def claim_any(conn: Any, *, worker: str, limit: int, lease_seconds: float) -> list[Job]:
+    """Up to `limit` jobs of any kind this worker runs, oldest first within each kind."""
+    jobs: list[Job] = []
+    for kind in JOB_KINDS:
+        if len(jobs) >= limit:
+            break
+        jobs += claim_jobs(conn, worker=worker, limit=limit - len(jobs), lease_seconds=lease_seconds, kind=kind)
+    return jobs
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    once: bool = False,
+    poll: float | None = None,
+    max_jobs: int | None = None,
+    lease_seconds: float | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    threads: int | None = None,
+    name: str | None = None,
+    stop: threading.Event | None = None,
+    on_images: Callable[[int], None] | None = None,
+) -> WorkerReport:
+    """Work until stopped: `once` drains the queue and returns; `max_jobs` returns after that many jobs."""
+    report = WorkerReport(name or default_worker_name())
+    started = time.monotonic()
+    stop = stop or threading.Event()
+    poll = poll if poll is not None else settings.generator.poll_seconds
+    lease = lease_seconds if lease_seconds is not None else settings.generator.lease_seconds
+    size = batch_size or settings.generator.batch_size
+    db = open_database(settings)
+    cache = ModelCache(settings, device=device, dtype=dtype)
+    try:
+        with db.connect(autocommit=True) as conn, torch_threads(threads or settings.generator.threads):
+            repair_incoming(conn, images_path=settings.images_path)
+            taken = 0
+            while not stop.is_set():
+                limit = size if max_jobs is None else min(size, max_jobs - taken)
+                jobs = claim_any(conn, worker=report.name, limit=limit, lease_seconds=lease) if limit > 0 else []
+                if not jobs:
+                    if once or (max_jobs is not None and taken >= max_jobs):
+                        break
+                    stop.wait(poll)
+                    continue
+                taken += len(jobs)
+                logger.info("%s took jobs %s", report.name, [j.id for j in jobs])
+                process_jobs(conn, settings, jobs, worker=report.name, cache=cache, batch_size=size,
+                             lease_seconds=lease, report=report, on_images=on_images)
+                if max_jobs is not None and taken >= max_jobs:
+                    break
+    finally:
+        cache.close()
+        db.close()
+        report.seconds = time.monotonic() - started
+    return report
+
+
+def process_jobs(conn: Any, settings: Settings, jobs: list[Job], *, worker: str, cache: ModelCache,
+                 batch_size: int, lease_seconds: float, report: WorkerReport,
+                 on_images: Callable[[int], None] | None = None) -> None:
+    """Run claimed jobs: reproduce jobs one by one, generate and variations jobs batched together."""
+    pending: list[tuple[Job, GenerateRequest]] = []
+    for job in jobs:
+        try:
+            payload = parse_payload(job.payload, job.kind)
+            if isinstance(payload, ReproduceJob):
+                _run_reproduce(conn, settings, job, payload, worker=worker, cache=cache, report=report)
+                continue
+            request = _generate_request(conn, settings, job, payload)
+            check_inputs(request, where=f"job {job.id}: ")
+            if request.init_image:
+                input_image_file(request.init_image, inputs_path=inputs_path(settings))
+            pending.append((job, request))
+        except PromptdexError as exc:
+            _fail(conn, job, worker, str(exc), retry=False, report=report)
+    if not pending:
+        return
+    job_ids = [job.id for job, _ in pending]
+
+    def renew() -> None:
+        extend_lease(conn, job_ids=job_ids, worker=worker, lease_seconds=lease_seconds)
+
+    outcome = generate_images(conn, settings, [r for _, r in pending], cache=cache, batch_size=batch_size,
+                              progress=on_images, after_batch=renew, fail_fast=False)
+    for index, (job, _) in enumerate(pending):
+        if index in outcome.errors:
+            _fail(conn, job, worker, outcome.errors[index], retry=index in outcome.retryable, report=report)
+        elif complete_job(conn, job_id=job.id, worker=worker, image_ids=outcome.ids[index]):
+            report.done += 1
+            report.images += len(outcome.ids[index])
+        else:
+            logger.warning("job %d was taken over by another worker before %s finished it", job.id, worker)
+
+
+def _generate_request(conn: Any, settings: Settings, job: Job, payload: Any) -> GenerateRequest:
+    if isinstance(payload, VariationsJob):
+        image = get_image(conn, image_id=payload.image_id)
+        if image is None:
+            raise NotFound(f"job {job.id}: image {payload.image_id} is not in the corpus")
+        seeds = payload.seeds or job_seeds(job, payload.count)
+        return fill_defaults(request_like(image, seeds=seeds), settings)
+    request = fill_defaults(payload, settings)
+    return with_seeds(request, None if request.seeds is not None else job_seeds(job, request.count))
+
+
+def _run_reproduce(conn: Any, settings: Settings, job: Job, payload: ReproduceJob, *, worker: str,
+                   cache: ModelCache, report: WorkerReport) -> None:
+    from generator.reproduce import reproduce_image
+
+    try:
+        result = reproduce_image(conn, settings, image_id=payload.image_id, cache=cache)
+    except (InvalidInput, NotFound) as exc:
+        _fail(conn, job, worker, str(exc), retry=False, report=report)
+        return
+    except (PromptdexError, RuntimeError, ValueError, OSError) as exc:
+        _fail(conn, job, worker, f"{type(exc).__name__}: {exc}", retry=not isinstance(exc, PromptdexError),
+              report=report)
+        return
+    if result.identical and complete_job(conn, job_id=job.id, worker=worker, image_ids=[payload.image_id]):
+        report.done += 1
+    elif not result.identical:
+        _fail(conn, job, worker, result.summary(), retry=False, report=report)
+
+
+def _fail(conn: Any, job: Job, worker: str, error: str, *, retry: bool, report: WorkerReport) -> None:
+    logger.error("job %d failed: %s", job.id, error)
+    fail_job(conn, job_id=job.id, worker=worker, error=error, retry=retry)
+    report.failed += 1
+    report.errors.append(f"job {job.id}: {error}")
