@@ -2,10 +2,8 @@
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
-export HF_HUB_OFFLINE := 1
-export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test lint
+.PHONY: install test lint demo
 
 install: $(VENV)/.installed
 
@@ -16,7 +14,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: install
-	$(PY) -m pytest -q -ra
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -ra
+
+# The main job: fill a demo corpus (configured model, or the tiny offline one), index it, serve it.
+demo: install
+	$(PY) -m promptdex demo
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -10,6 +10,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from promptdex.errors import InvalidInput
@@ -115,6 +116,15 @@ def ensure_thumbnail(thumbs_dir: Path, sha256: str, original: Path, *, size: int
         except OSError as exc:
             raise ImageRejected(f"{thumb}: cannot write the thumbnail: {exc}") from exc
     return thumb
+
+
+def dhash(image: Image.Image, size: int = 8) -> int:
+    """64-bit difference hash of the picture (stable across re-encoding and resizing), as a signed int64."""
+    small = np.asarray(image.convert("L").resize((size + 1, size), Image.Resampling.LANCZOS), dtype=np.int16)
+    value = 0
+    for bit in (small[:, 1:] > small[:, :-1]).flatten():
+        value = (value << 1) | int(bit)
+    return value - (1 << 64) if value >= (1 << 63) else value
 
 
 def load_for_embedding(thumbs_dir: Path, sha256: str, original: Path) -> Image.Image:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from indexer.bundles import Bundle, read_manifest
 from indexer.embedders import Embedder, Embedders, Vectors
-from indexer.images import ImageRejected, ensure_thumbnail, image_file, load_for_embedding
+from indexer.images import ImageRejected, dhash, ensure_thumbnail, image_file, load_for_embedding
 from indexer.keyword.base import KeywordIndex, rows
 from promptdex.errors import PromptdexError
 from promptdex.index_state import forget_bundle, indexed_ids, record_indexed, upsert_bundle
@@ -145,9 +145,10 @@ def count_pending(conn: Conn, spec: BundleSpec) -> int:
 
 
 def _embed(spec: BundleSpec, items: list[dict[str, Any]], embedder: Embedder, settings: Settings,
-           pool: ThreadPoolExecutor, report: BundleReport) -> tuple[list[int], Vectors]:
+           pool: ThreadPoolExecutor, report: BundleReport) -> tuple[list[int], Vectors, list[int]]:
+    """(ids, vectors, perceptual hashes) of the items that could be embedded (hashes only for images)."""
     if spec.kind == "text":
-        return [int(r["id"]) for r in items], embedder.embed_text([str(r["text"]) for r in items])
+        return [int(r["id"]) for r in items], embedder.embed_text([str(r["text"]) for r in items]), []
 
     def load(item: dict[str, Any]) -> Any:
         try:
@@ -167,7 +168,13 @@ def _embed(spec: BundleSpec, items: list[dict[str, Any]], embedder: Embedder, se
             ids.append(int(item["id"]))
             images.append(image)
     vectors = embedder.embed_images(images) if images else np.zeros((0, embedder.dim), np.float32)
-    return ids, vectors
+    return ids, vectors, [dhash(image) for image in images]
+
+
+def _store_phashes(conn: Conn, ids: list[int], hashes: list[int]) -> None:
+    if hashes:
+        conn.execute("UPDATE images i SET phash = h.p FROM unnest(%s::bigint[], %s::bigint[]) AS h(id, p) "
+                     "WHERE i.id = h.id", (ids, hashes))
 
 
 def open_for_update(settings: Settings, spec: BundleSpec, embedder: Embedder, *, rebuild: bool) -> Bundle:
@@ -198,7 +205,8 @@ def index_bundle(conn: Conn, settings: Settings, spec: BundleSpec, embedder: Emb
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="embed") as pool:
         while items := _pending(conn, spec, after, chunk):
             after = int(items[-1]["id"])
-            ids, vectors = _embed(spec, items, embedder, settings, pool, report)
+            ids, vectors, hashes = _embed(spec, items, embedder, settings, pool, report)
+            _store_phashes(conn, ids, hashes)
             bundle.add(vectors, ids, exact_threshold=s.exact_threshold, approx_factory=s.approx_factory)
             unsaved += ids
             report.added += len(ids)

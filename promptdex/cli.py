@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 COMMAND_MODULES = (
     "promptdex.commands.env",
     "promptdex.commands.db",
+    "promptdex.commands.demo",
     "generator.commands",
     "indexer.commands",
     "search_api.commands",

@@ -1,0 +1,46 @@
+"""Typed dependencies for the routes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+
+from promptdex.records import ImageFilter
+from search_api.app import AppState
+from search_api.service import SearchService
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.promptdex
+    state.engines.reload_if_changed()
+    return state
+
+
+def get_service(state: Annotated[AppState, Depends(get_state)]) -> SearchService:
+    return state.service
+
+
+def get_filters(
+    model: Annotated[str | None, Query(description="Model name, exactly.")] = None,
+    sampler: Annotated[str | None, Query(description="Sampler as the front end names it, e.g. 'DPM++ 2M'.")] = None,
+    width: Annotated[int | None, Query(ge=1, le=65536)] = None,
+    height: Annotated[int | None, Query(ge=1, le=65536)] = None,
+    min_steps: Annotated[int | None, Query(ge=0, le=10000)] = None,
+    max_steps: Annotated[int | None, Query(ge=0, le=10000)] = None,
+    min_cfg: Annotated[float | None, Query(ge=0, le=100)] = None,
+    max_cfg: Annotated[float | None, Query(ge=0, le=100)] = None,
+    seed: Annotated[int | None, Query(ge=0, le=2**64 - 1)] = None,
+    source: Annotated[str | None, Query(description="generated, a1111, comfyui, invokeai, novelai, ...")] = None,
+    since: Annotated[datetime | None, Query(description="ISO 8601 date or time, inclusive.")] = None,
+    until: Annotated[datetime | None, Query(description="ISO 8601 date or time, exclusive.")] = None,
+) -> ImageFilter:
+    return ImageFilter(model=model, sampler=sampler, width=width, height=height, min_steps=min_steps,
+                       max_steps=max_steps, min_cfg=min_cfg, max_cfg=max_cfg, seed=seed, source=source,
+                       since=since, until=until)
+
+
+State = Annotated[AppState, Depends(get_state)]
+Service = Annotated[SearchService, Depends(get_service)]
+Filters = Annotated[ImageFilter, Depends(get_filters)]

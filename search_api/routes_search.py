@@ -1,0 +1,179 @@
+"""Search routes: /api/search, images and similar, upload search, suggest, facets, health, Lexica's /api/v1/search."""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from promptdex.records import Image, ImageFilter
+from search_api.app import PayloadTooLarge, UnsupportedMedia
+from search_api.deps import Filters, Service, State
+from search_api.reproduce import reproduce_block
+from search_api.schemas import (
+    Health,
+    ImageDetail,
+    LexicaImage,
+    LexicaResponse,
+    SearchItem,
+    SearchResponse,
+    SimilarResponse,
+    Suggestion,
+    SuggestResponse,
+)
+from search_api.service import Hit, Mode, SearchRequest, Sort
+
+router = APIRouter()
+
+
+def item(image: Image, score: float | None = None) -> SearchItem:
+    p = image.params
+    return SearchItem(
+        id=image.id, url=f"/images/{image.id}", thumb_url=f"/thumbs/{image.id}", prompt=p.prompt,
+        negative_prompt=p.negative_prompt, seed=p.seed, steps=p.steps, cfg=p.cfg, sampler=p.sampler,
+        scheduler=p.scheduler, model=p.model, model_hash=p.model_hash, width=image.width, height=image.height,
+        source=image.source, created_at=image.created_at, score=score,
+    )
+
+
+def items(hits: list[Hit]) -> list[SearchItem]:
+    return [item(h.image, h.score) for h in hits]
+
+
+@router.get("/api/search", response_model=SearchResponse, tags=["search"])
+def search(
+    service: Service,
+    filters: Filters,
+    q: Annotated[str, Query(max_length=1000, description="Words to search for; empty browses newest first.")] = "",
+    mode: Annotated[Mode, Query(description="hybrid (default), keyword or semantic.")] = Mode.HYBRID,
+    sort: Annotated[Sort, Query(description="relevance, newest, oldest or random.")] = Sort.RELEVANCE,
+    random_seed: Annotated[int, Query(ge=0, le=2**31 - 1, description="Seed for sort=random.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=2000, description="next_cursor of the previous page.")] = None,
+) -> SearchResponse:
+    start = time.perf_counter()
+    page = service.search(SearchRequest(q=q, mode=mode, filters=filters, sort=sort, seed=random_seed, limit=limit,
+                                        cursor=cursor))
+    return SearchResponse(data=items(page.hits), next_cursor=page.next_cursor,
+                          took_ms=round((time.perf_counter() - start) * 1000, 2))
+
+
+@router.get("/api/images/{image_id}", response_model=ImageDetail, tags=["images"])
+def image_detail(service: Service, image_id: int) -> ImageDetail:
+    image = service.image(image_id)
+    base = item(image).model_dump()
+    return ImageDetail(
+        **base, sha256=image.sha256, format=image.format, clip_skip=image.params.clip_skip,
+        denoising_strength=image.params.denoising_strength,
+        hires=image.params.hires.model_dump(mode="json") if image.params.hires else None,
+        sampler_class=image.sampler_class, scheduler_config=image.scheduler_config,
+        init_image_sha256=image.init_image_sha256, generation=image.generation, raw_metadata=image.raw_metadata,
+        reproduce=reproduce_block(image),
+    )
+
+
+@router.get("/api/images/{image_id}/similar", response_model=SimilarResponse, tags=["images"])
+def similar(service: Service, filters: Filters, image_id: int,
+            k: Annotated[int, Query(ge=1, le=200)] = 24) -> SimilarResponse:
+    start = time.perf_counter()
+    hits = service.similar(image_id, k, filters)
+    return SimilarResponse(data=items(hits), took_ms=round((time.perf_counter() - start) * 1000, 2))
+
+
+@router.post("/api/search/image", response_model=SimilarResponse, tags=["search"])
+async def search_by_image(
+    request: Request,
+    state: State,
+    file: Annotated[UploadFile, File(description="A PNG, JPEG or WebP image (no URLs are fetched).")],
+    k: Annotated[int, Form(ge=1, le=200)] = 50,
+) -> SimilarResponse:
+    start = time.perf_counter()
+    limit = state.settings.api.max_upload_bytes
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"file: upload is larger than the limit of {limit} bytes")
+    if not data:
+        raise UnsupportedMedia("file: the upload is empty; send a PNG, JPEG or WebP image")
+    pil = await run_in_threadpool(_open_upload, data, state.settings.api.max_upload_pixels)
+    vector = await run_in_threadpool(state.engines.embed_clip_image, pil)
+    hits = await run_in_threadpool(state.service.by_vector, vector, k, ImageFilter())
+    return SimilarResponse(data=items(hits), took_ms=round((time.perf_counter() - start) * 1000, 2))
+
+
+def _open_upload(data: bytes, max_pixels: int) -> Any:
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
+
+    try:
+        with PILImage.open(io.BytesIO(data)) as probe:
+            fmt, (w, h) = probe.format, probe.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UnsupportedMedia("file: not an image; send a PNG, JPEG or WebP image") from exc
+    if fmt not in ("PNG", "JPEG", "WEBP", "GIF", "BMP"):
+        raise UnsupportedMedia(f"file: {fmt} images are not accepted; send a PNG, JPEG or WebP image")
+    if w * h > max_pixels:
+        raise PayloadTooLarge(f"file: {w}x{h} is more than the limit of {max_pixels} pixels")
+    try:
+        pil = PILImage.open(io.BytesIO(data))
+        pil.load()
+    except (OSError, ValueError) as exc:
+        raise UnsupportedMedia(f"file: the image could not be decoded ({exc})") from exc
+    return pil.convert("RGB")
+
+
+@router.get("/api/suggest", response_model=SuggestResponse, tags=["search"])
+def suggest(service: Service, q: Annotated[str, Query(max_length=200)] = "",
+            limit: Annotated[int, Query(ge=1, le=50)] = 8) -> SuggestResponse:
+    if not q.strip():
+        return SuggestResponse(data=[])
+    return SuggestResponse(data=[Suggestion(text=t, score=s) for t, s in service.suggest(q, limit)])
+
+
+@router.get("/api/facets", tags=["search"])
+def facets(state: State) -> dict[str, Any]:
+    """Distinct models, samplers and sizes, for filter menus."""
+    with state.pool.connection() as conn:
+        models = [r["model"] for r in conn.execute(
+            "SELECT model FROM images WHERE model IS NOT NULL GROUP BY model ORDER BY count(*) DESC LIMIT 200")]
+        samplers = [r["sampler"] for r in conn.execute(
+            "SELECT sampler FROM images WHERE sampler IS NOT NULL GROUP BY sampler ORDER BY count(*) DESC LIMIT 100")]
+        sizes = [[r["width"], r["height"]] for r in conn.execute(
+            "SELECT width, height FROM images GROUP BY width, height ORDER BY count(*) DESC LIMIT 50")]
+    return {"models": models, "samplers": samplers, "sizes": sizes}
+
+
+@router.get("/api/v1/search", response_model=LexicaResponse, tags=["lexica"])
+def lexica_search(request: Request, service: Service,
+                  q: Annotated[str, Query(max_length=1000, description="Prompt words, as Lexica takes them.")] = ""
+                  ) -> LexicaResponse:
+    """Lexica's public API shape (`{images: [...]}`, 50 results), so existing Lexica clients work unchanged."""
+    page = service.search(SearchRequest(q=q, limit=50))
+    base = str(request.base_url).rstrip("/")
+    out = []
+    for hit in page.hits:
+        im, p = hit.image, hit.image.params
+        out.append(LexicaImage(
+            id=str(im.id), gallery=f"{base}/image/{im.id}", src=f"{base}/images/{im.id}",
+            srcSmall=f"{base}/thumbs/{im.id}", prompt=p.prompt, width=im.width, height=im.height,
+            seed=str(p.seed) if p.seed is not None else "", grid=False, model=p.model or "",
+            guidance=float(p.cfg) if p.cfg is not None else 0.0, promptid=str(im.prompt_id or ""), nsfw=False,
+        ))
+    return LexicaResponse(images=out)
+
+
+@router.get("/api/health", response_model=Health, tags=["meta"])
+def health(state: State) -> Health:
+    database: dict[str, Any] = {"server": state.database.kind, "location": state.database.display}
+    try:
+        with state.pool.connection() as conn:
+            row = conn.execute("SELECT count(*) AS n FROM images").fetchone()
+        database.update(ok=True, images=int(row["n"]) if row else 0)
+    except Exception as exc:  # noqa: BLE001 - health reports, never raises
+        database.update(ok=False, error=str(exc))
+    bundles = state.engines.bundles_health()
+    ok = database.get("ok") and all(b.get("ok") for b in bundles.values())
+    return Health(status="ok" if ok else "degraded", database=database, bundles=bundles,
+                  models=state.engines.models_health())

@@ -1,0 +1,128 @@
+"""Response and request schemas: one per direction, lists as `{data, ...}`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class SearchItem(BaseModel):
+    """One image in a result list."""
+
+    id: int
+    url: str
+    thumb_url: str
+    prompt: str
+    negative_prompt: str
+    seed: int | None
+    steps: int | None
+    cfg: float | None
+    sampler: str | None
+    scheduler: str | None
+    model: str | None
+    model_hash: str | None
+    width: int
+    height: int
+    source: str
+    created_at: datetime
+    score: float | None = None
+
+
+class SearchResponse(BaseModel):
+    data: list[SearchItem]
+    next_cursor: str | None
+    took_ms: float
+
+
+class Reproduce(BaseModel):
+    """Everything needed to make the image again."""
+
+    a1111: str = Field(description="The AUTOMATIC1111 `parameters` text.")
+    diffusers: str = Field(description="A runnable diffusers Python snippet.")
+    command: str = Field(description="The `promptdex generate` command line.")
+    parameters: dict[str, Any] = Field(description="The generation parameters as JSON.")
+
+
+class ImageDetail(SearchItem):
+    """The full record of one image."""
+
+    sha256: str
+    format: str
+    clip_skip: int | None
+    denoising_strength: float | None
+    hires: dict[str, Any] | None
+    sampler_class: str | None
+    scheduler_config: dict[str, Any] | None
+    init_image_sha256: str | None
+    generation: dict[str, Any] | None
+    raw_metadata: dict[str, Any]
+    reproduce: Reproduce
+
+
+class SimilarResponse(BaseModel):
+    data: list[SearchItem]
+    took_ms: float
+
+
+class Suggestion(BaseModel):
+    text: str
+    score: float
+
+
+class SuggestResponse(BaseModel):
+    data: list[Suggestion]
+
+
+class LexicaImage(BaseModel):
+    """One image in Lexica's public API shape."""
+
+    id: str
+    gallery: str
+    src: str
+    srcSmall: str  # noqa: N815 - Lexica's field name
+    prompt: str
+    width: int
+    height: int
+    seed: str
+    grid: bool
+    model: str
+    guidance: float
+    promptid: str
+    nsfw: bool
+
+
+class LexicaResponse(BaseModel):
+    images: list[LexicaImage]
+
+
+class JobCreate(BaseModel):
+    """Reproduce an image, or make variations of it with new seeds."""
+
+    kind: Literal["reproduce", "variations"]
+    image_id: int = Field(ge=1)
+    count: int = Field(1, ge=1, le=16, description="How many variations (variations only).")
+
+
+class JobsCreated(BaseModel):
+    job_ids: list[int]
+
+
+class JobOut(BaseModel):
+    id: int
+    kind: str
+    status: str
+    attempts: int
+    error: str | None
+    image_ids: list[int]
+    payload: dict[str, Any]
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: dict[str, Any]
+    bundles: dict[str, Any]
+    models: dict[str, Any]
