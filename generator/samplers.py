@@ -11,75 +11,14 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from promptdex.errors import ConfigError, InvalidInput
 from promptdex.params import split_old_sampler
+from promptdex.samplers import SAMPLERS, SCHEDULES, SIGMA_FLAGS, Sampler, find_sampler, find_schedule
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Sampler:
-    """One sampler name: its diffusers class and config overrides."""
-
-    name: str
-    cls: str
-    overrides: dict[str, Any] = field(default_factory=dict)
-    note: str = ""  # set when diffusers has only an approximation of the A1111 sampler
-
-
-SAMPLERS: tuple[Sampler, ...] = (
-    Sampler("Euler", "EulerDiscreteScheduler"),
-    Sampler("Euler a", "EulerAncestralDiscreteScheduler"),
-    Sampler("Heun", "HeunDiscreteScheduler"),
-    Sampler("DPM2", "KDPM2DiscreteScheduler"),
-    Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler"),
-    Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
-    Sampler("DPM++ 2M SDE Heun", "DPMSolverMultistepScheduler",
-            {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "heun"}),
-    Sampler("DPM++ 3M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
-    Sampler("DPM++ SDE", "DPMSolverSDEScheduler"),
-    Sampler("DPM++ 2S a", "DPMSolverSinglestepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2},
-            note="diffusers has no ancestral single-step DPM++; this is DPM++ 2S without the ancestral noise"),
-    Sampler("LMS", "LMSDiscreteScheduler"),
-    Sampler("DDIM", "DDIMScheduler"),
-    Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}),
-    Sampler("UniPC", "UniPCMultistepScheduler"),
-    Sampler("LCM", "LCMScheduler"),
-    Sampler("DDPM", "DDPMScheduler"),
-    Sampler("DEIS", "DEISMultistepScheduler"),
-    Sampler("PNDM", "PNDMScheduler", {"skip_prk_steps": False}),
-    Sampler("TCD", "TCDScheduler"),
-)
-_ALIASES = {  # k-diffusion / old web UI spellings
-    "k_euler": "Euler", "k_euler_a": "Euler a", "k_euler_ancestral": "Euler a", "k_heun": "Heun",
-    "k_dpm_2": "DPM2", "k_dpm_2_a": "DPM2 a", "k_dpm_2_ancestral": "DPM2 a", "k_dpmpp_2m": "DPM++ 2M",
-    "k_dpmpp_2m_sde": "DPM++ 2M SDE", "k_dpmpp_3m_sde": "DPM++ 3M SDE", "k_dpmpp_sde": "DPM++ SDE",
-    "k_dpmpp_2s_a": "DPM++ 2S a", "k_dpmpp_2s_ancestral": "DPM++ 2S a", "k_lms": "LMS", "ddim": "DDIM",
-    "plms": "PLMS", "unipc": "UniPC", "euler_a": "Euler a", "euler_ancestral": "Euler a", "dpmpp_2m": "DPM++ 2M",
-    "dpmpp_2m_sde": "DPM++ 2M SDE", "dpmpp_sde": "DPM++ SDE", "dpmpp_3m_sde": "DPM++ 3M SDE", "lms": "LMS",
-}
-_SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
-
-# Schedule type -> config overrides. Flags a class lacks make that schedule unavailable with it.
-SCHEDULES: dict[str, dict[str, Any]] = {
-    "Automatic": {},
-    "Uniform": {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
-                "timestep_spacing": "linspace"},
-    "Karras": {"use_karras_sigmas": True, "use_exponential_sigmas": False, "use_beta_sigmas": False},
-    "Exponential": {"use_karras_sigmas": False, "use_exponential_sigmas": True, "use_beta_sigmas": False},
-    "Beta": {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": True},
-    "SGM Uniform": {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
-                    "timestep_spacing": "trailing"},
-    "Leading": {"timestep_spacing": "leading"},
-    "Linspace": {"timestep_spacing": "linspace"},
-    "Trailing": {"timestep_spacing": "trailing"},
-}
-_SCHEDULE_ALIASES = {"sgmuniform": "SGM Uniform", "sgm_uniform": "SGM Uniform", "normal": "Uniform"}
 
 
 @dataclass(frozen=True)
@@ -91,15 +30,6 @@ class SamplerChoice:
     cls: str
     overrides: dict[str, Any]
     note: str = ""
-
-
-def _key(name: str) -> str:
-    return re.sub(r"\s+", " ", name.strip()).casefold()
-
-
-_BY_KEY = {_key(s.name): s for s in SAMPLERS} | {_key(a): next(s for s in SAMPLERS if s.name == n)
-                                                 for a, n in _ALIASES.items()}
-_SCHEDULE_BY_KEY = {_key(n): n for n in SCHEDULES} | {_key(a): n for a, n in _SCHEDULE_ALIASES.items()}
 
 
 def sampler_names() -> list[str]:
@@ -125,7 +55,7 @@ def scheduler_class(name: str) -> Any:
 def _schedule(name: str | None) -> str:
     if name is None or not name.strip():
         return "Automatic"
-    found = _SCHEDULE_BY_KEY.get(_key(name))
+    found = find_schedule(name)
     if found is None:
         raise InvalidInput(f"--schedule: unknown schedule type {name!r}; accepted: {', '.join(SCHEDULES)}")
     return found
@@ -143,11 +73,11 @@ def resolve_sampler(name: str, schedule: str | None = None) -> SamplerChoice:
     if not name or not name.strip():
         raise InvalidInput(f"--sampler: empty sampler name; accepted: {', '.join(sampler_names())}")
     sched = _schedule(schedule)
-    sampler = _BY_KEY.get(_key(name))
+    sampler = find_sampler(name)
     if sampler is None and sched == "Automatic":
         split = split_old_sampler(name.strip())
-        if split and _key(split[0]) in _BY_KEY:
-            sampler, sched = _BY_KEY[_key(split[0])], _schedule(split[1])
+        if split and find_sampler(split[0]) is not None:
+            sampler, sched = find_sampler(split[0]), _schedule(split[1])
     if sampler is None:
         obj = None
         if name.strip().endswith("Scheduler"):  # only then is diffusers worth importing
@@ -165,9 +95,9 @@ def resolve_sampler(name: str, schedule: str | None = None) -> SamplerChoice:
     overrides = dict(sampler.overrides)
     wanted = SCHEDULES[sched]
     params = _class_parameters(cls)
-    missing = [k for k in wanted if k not in params and (wanted[k] or k not in _SIGMA_FLAGS)]
+    missing = [k for k in wanted if k not in params and (wanted[k] or k not in SIGMA_FLAGS)]
     if missing:
-        usable = [s for s, o in SCHEDULES.items() if all(k in params or (k in _SIGMA_FLAGS and not v)
+        usable = [s for s, o in SCHEDULES.items() if all(k in params or (k in SIGMA_FLAGS and not v)
                                                            for k, v in o.items())]
         raise InvalidInput(
             f"--schedule: schedule type {sched!r} is not available with sampler {sampler.name!r} "

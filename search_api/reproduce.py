@@ -6,36 +6,27 @@ import json
 import shlex
 from typing import Any
 
-from promptdex.params import format_a1111
+from promptdex.params import format_a1111, split_old_sampler
 from promptdex.records import Image
+from promptdex.samplers import SCHEDULES, find_sampler, find_schedule
 from search_api.schemas import Reproduce
-
-# A1111 sampler names to diffusers scheduler classes and config overrides, for the snippet only
-# (the generator owns the authoritative table; images we generated carry their exact class and config).
-_SNIPPET_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "Euler": ("EulerDiscreteScheduler", {}),
-    "Euler a": ("EulerAncestralDiscreteScheduler", {}),
-    "Heun": ("HeunDiscreteScheduler", {}),
-    "DPM2": ("KDPM2DiscreteScheduler", {}),
-    "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}),
-    "DPM++ 2M": ("DPMSolverMultistepScheduler", {}),
-    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
-    "DPM++ SDE": ("DPMSolverSDEScheduler", {}),
-    "DPM++ 2S a": ("DPMSolverSinglestepScheduler", {}),
-    "LMS": ("LMSDiscreteScheduler", {}),
-    "DDIM": ("DDIMScheduler", {}),
-    "PLMS": ("PNDMScheduler", {}),
-    "UniPC": ("UniPCMultistepScheduler", {}),
-}
-_SCHEDULE_FLAGS = {"Karras": {"use_karras_sigmas": True}, "Exponential": {"use_exponential_sigmas": True}}
 
 
 def _scheduler_for(image: Image) -> tuple[str, dict[str, Any]]:
+    """The scheduler class and config overrides: recorded ones for our images, else from the sampler names."""
     if image.sampler_class:
         overrides = {k: v for k, v in (image.scheduler_config or {}).items() if not k.startswith("_")}
         return image.sampler_class, overrides
-    name, overrides = _SNIPPET_SCHEDULERS.get(image.params.sampler or "", ("EulerDiscreteScheduler", {}))
-    return name, {**overrides, **_SCHEDULE_FLAGS.get(image.params.scheduler or "", {})}
+    p = image.params
+    sampler = find_sampler(p.sampler or "")
+    schedule = find_schedule(p.scheduler or "") or "Automatic"
+    if sampler is None and p.sampler:
+        split = split_old_sampler(p.sampler)
+        if split:
+            sampler, schedule = find_sampler(split[0]), find_schedule(split[1]) or schedule
+    if sampler is None:
+        return "EulerDiscreteScheduler", {}
+    return sampler.cls, {**sampler.overrides, **{k: v for k, v in SCHEDULES[schedule].items() if v}}
 
 
 def diffusers_snippet(image: Image) -> str:

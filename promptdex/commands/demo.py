@@ -38,10 +38,11 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, env: dict[str, str], quiet: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run a promptdex subcommand; its progress bars and summary show. `quiet` drops its stdout (id lists)."""
     logger.info("running promptdex %s", " ".join(args))
     return subprocess.run([sys.executable, "-m", "promptdex", *args], env=env, text=True, check=False,
-                          stdout=subprocess.PIPE)
+                          stdout=subprocess.DEVNULL if quiet else None)
 
 
 def _must(result: subprocess.CompletedProcess[str], what: str) -> None:
@@ -114,7 +115,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         listing = settings.data_path / "demo-prompts.todo"
         listing.write_text("\n".join(todo) + "\n", encoding="utf-8")
         extra = ["--model", "tiny", "--size", TINY_SIZE, "--steps", TINY_STEPS] if tiny else []
-        _must(_cli("generate", "--prompts-file", str(listing), *extra, env=env), "generating the demo images")
+        _must(_cli("generate", "--prompts-file", str(listing), *extra, env=env, quiet=True),
+              "generating the demo images")
         listing.unlink(missing_ok=True)
     else:
         out(f"reusing the demo corpus ({have} generated images)")

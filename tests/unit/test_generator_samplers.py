@@ -8,8 +8,6 @@ import math
 import pytest
 
 from generator.samplers import (
-    _ALIASES,
-    SAMPLERS,
     decode_floats,
     encode_floats,
     make_scheduler,
@@ -20,6 +18,8 @@ from generator.samplers import (
 )
 from generator.tiny import SCHEDULER_CONFIG
 from promptdex.errors import ConfigError, InvalidInput
+from promptdex.samplers import SAMPLER_ALIASES as _ALIASES
+from promptdex.samplers import SAMPLERS
 
 
 def resolve_sampler_class(name: str) -> str:
