@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import os
 import platform
@@ -12,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from promptdex.errors import ConfigError, InvalidInput
+from promptdex.versions import package_versions as versions_of
 
 logger = logging.getLogger(__name__)
 
@@ -100,13 +100,7 @@ def torch_threads(threads: int | None) -> Iterator[int]:
 
 
 def package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in VERSIONED_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return versions_of(VERSIONED_PACKAGES)
 
 
 def device_name(device: str) -> str:

@@ -66,6 +66,26 @@ def _generated_count(settings: Settings) -> int:
     return int(row["n"]) if row else 0
 
 
+_PENDING = """
+SELECT (SELECT count(*) FROM images i WHERE NOT EXISTS
+          (SELECT 1 FROM index_entries e WHERE e.bundle = 'clip-image' AND e.item_id = i.id))
+     + (SELECT count(*) FROM prompts p WHERE NOT EXISTS
+          (SELECT 1 FROM index_entries e WHERE e.bundle = 'prompt-text' AND e.item_id = p.id))
+     + (SELECT count(*) FROM prompts p WHERE NOT EXISTS
+          (SELECT 1 FROM index_entries e WHERE e.bundle LIKE 'keyword-%%' AND e.item_id = p.id)) AS n
+"""
+
+
+def _index_is_current(settings: Settings) -> bool:
+    """True when every image and prompt is in the bundles and the keyword index (a second demo run)."""
+    if not (settings.indexes_path / "clip-image" / "manifest.json").is_file():
+        return False
+    db = open_database(settings)
+    with db.connect() as conn:
+        row = conn.execute(_PENDING).fetchone()
+    return row is not None and int(row["n"]) == 0
+
+
 def _choose_models(settings: Settings, env: dict[str, str]) -> bool:
     """True when the demo must use the tiny models (asked for, chosen before, or real weights not loadable)."""
     marker = settings.data_path / TINY_MARKER
@@ -124,7 +144,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if extra_dir:
         out(f"importing {extra_dir}")
         _must(_cli("import", extra_dir, env=env), f"importing {extra_dir}")
-    _must(_cli("index", env=env), "indexing")
+    if extra_dir or not _index_is_current(settings):
+        _must(_cli("index", env=env), "indexing")
+    else:
+        out("the index is up to date")
     if args.no_serve:
         db.close()
         return 0

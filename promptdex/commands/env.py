@@ -13,6 +13,7 @@ from typing import Any
 
 from promptdex.cli import out
 from promptdex.settings import Settings
+from promptdex.versions import package_versions
 
 PACKAGES = ("promptdex", "torch", "torchvision", "diffusers", "transformers", "open-clip-torch", "faiss-cpu",
             "sentence-transformers", "fastapi", "psycopg", "pgserver", "numpy", "pillow")
@@ -22,16 +23,6 @@ def register(sub: Any) -> None:
     parser = sub.add_parser("env", help="print versions of python, torch, diffusers, open_clip, faiss, PostgreSQL")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(func=run)
-
-
-def package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 def postgres_version(settings: Settings) -> str | None:
@@ -77,7 +68,7 @@ def collect(settings: Settings) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "packages": package_versions(),
+        "packages": package_versions(PACKAGES),
         "postgresql": postgres_version(settings),
         "devices": devices(),
     }

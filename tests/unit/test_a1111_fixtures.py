@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,8 +14,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from indexer.metadata.containers import MetadataError, read_stealth_a1111, read_text_chunks
 from promptdex.params import GenerationParams, detect_software, looks_like_a1111, parse_a1111
-
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "metadata"
+from tests.conftest import SHARED_FIXTURES, require_shared_fixtures
 
 # sd-metadata samples beyond a1111.test.ts whose files carry A1111 text: ComfyUI save nodes that write it
 # (upstream reports them as sd-webui) and Stability Matrix (A1111 text next to its own JSON chunks).
@@ -42,12 +40,7 @@ SOFTWARE_NAMES = {"AUTOMATIC1111": "sd-webui"}  # sd-parsers' generator names ->
 
 
 def fixtures() -> Path:
-    if FIXTURES.is_dir():
-        return FIXTURES
-    reason = f"shared metadata fixtures not found at {FIXTURES}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason + " (CI=true: a missing fixture must not pass silently)")
-    pytest.skip(reason)
+    return require_shared_fixtures()
 
 
 def expected(project: str) -> dict[str, Any]:
@@ -55,7 +48,7 @@ def expected(project: str) -> dict[str, Any]:
 
 
 def sd_metadata_cases(a1111: bool) -> list[Any]:
-    if not FIXTURES.is_dir():
+    if not SHARED_FIXTURES.is_dir():
         return [pytest.param(None, id="fixtures-missing")]
     return [
         pytest.param(e, id=e["file"]) for e in expected("sd-metadata")["expectations"]
