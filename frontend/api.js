@@ -1,0 +1,76 @@
+// api.js — the search API's endpoints as functions; errors carry the server's `detail` text.
+
+export class ApiError extends Error {
+  constructor(status, detail) {
+    super(detail);
+    this.name = "ApiError";
+    this.status = status;
+    this.detail = detail;
+  }
+}
+
+/** FastAPI's `detail` is a string, or a list of validation errors ({loc, msg}) for 422. */
+function detailText(body, response) {
+  const detail = body && body.detail;
+  if (typeof detail === "string" && detail) return detail;
+  if (Array.isArray(detail) && detail.length) {
+    return detail
+      .map((d) => {
+        const loc = Array.isArray(d.loc) ? d.loc.filter((p) => p !== "query" && p !== "body").join(".") : "";
+        return loc ? `${loc}: ${d.msg}` : d.msg;
+      })
+      .join("; ");
+  }
+  return `${response.status} ${response.statusText || "error"}`.trim();
+}
+
+async function request(path, { params, method = "GET", json, form, signal } = {}) {
+  const url = new URL(path, window.location.origin);
+  if (params) {
+    for (const [key, value] of Object.entries(params)) {
+      if (value !== "" && value != null) url.searchParams.set(key, String(value));
+    }
+  }
+  const init = { method, signal, headers: { Accept: "application/json" } };
+  if (json !== undefined) {
+    init.body = JSON.stringify(json);
+    init.headers["Content-Type"] = "application/json";
+  } else if (form !== undefined) {
+    init.body = form;
+  }
+  let response;
+  try {
+    response = await fetch(url, init);
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new ApiError(0, "Cannot reach the promptdex server. Is `promptdex serve` running?");
+  }
+  const text = await response.text();
+  let body = null;
+  if (text) {
+    try {
+      body = JSON.parse(text);
+    } catch {
+      body = null;
+    }
+  }
+  if (!response.ok) throw new ApiError(response.status, detailText(body, response));
+  return body;
+}
+
+export const api = {
+  search: (params, signal) => request("/api/search", { params, signal }),
+  suggest: (q, signal) => request("/api/suggest", { params: { q }, signal }),
+  image: (id, signal) => request(`/api/images/${encodeURIComponent(id)}`, { signal }),
+  similar: (id, k, signal) => request(`/api/images/${encodeURIComponent(id)}/similar`, { params: { k }, signal }),
+  searchByImage(file, k, signal) {
+    const form = new FormData();
+    form.append("file", file, file.name || "image");
+    return request("/api/search/image", { method: "POST", form, params: { k }, signal });
+  },
+  createJobs: (kind, imageId, count) =>
+    request("/api/jobs", { method: "POST", json: { kind, image_id: Number(imageId), count } }),
+  job: (id, signal) => request(`/api/jobs/${encodeURIComponent(id)}`, { signal }),
+  facets: () => request("/api/facets"),
+  health: () => request("/api/health"),
+};

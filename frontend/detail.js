@@ -1,0 +1,236 @@
+// detail.js — the detail view: full image, every parameter, copy buttons, similar images, jobs.
+
+import { api } from "./api.js";
+import { bindCopyButton } from "./clipboard.js";
+import { $, announce, h, isAbort, truncate } from "./dom.js";
+import { Masonry } from "./grid.js";
+import { JobPanel } from "./jobs.js";
+
+const SIMILAR_K = 24;
+const VARIATIONS = 4;
+const DASH = "—";
+
+function text(value) {
+  return value === null || value === undefined || value === "" ? DASH : String(value);
+}
+
+function formatDate(value) {
+  if (!value) return DASH;
+  const date = new Date(value);
+  return Number.isNaN(date.getTime()) ? String(value) : date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+}
+
+function shortHash(hash) {
+  return hash && hash.length > 12 ? hash.slice(0, 10) : hash;
+}
+
+export class DetailView {
+  /**
+   * @param {{onOpenImage: (id: string) => void, onClose: () => void, onStep: (delta: number) => void}} hooks
+   */
+  constructor(hooks) {
+    this.hooks = hooks;
+    this.dialog = $("#detail");
+    this.image = $("#detail-image");
+    this.status = $("#detail-status");
+    this.similarGrid = new Masonry($("#similar-grid"), { onOpen: (id) => hooks.onOpenImage(id), caption: false });
+    this.similarState = $("#similar-state");
+    this.jobs = new JobPanel($("#job-list"));
+    this.current = null; // the record shown (list item, then the full detail)
+    this.controller = null;
+    this.id = null;
+
+    const copies = [
+      ["#copy-prompt", () => this.current?.prompt, "prompt"],
+      ["#copy-negative", () => this.current?.negative_prompt, "negative prompt"],
+      ["#copy-seed", () => (this.current?.seed ?? "") === "" ? "" : String(this.current.seed), "seed"],
+      ["#copy-a1111", () => this.current?.reproduce?.a1111, "A1111 settings"],
+      ["#copy-diffusers", () => this.current?.reproduce?.diffusers, "diffusers snippet"],
+      ["#copy-command", () => this.current?.reproduce?.command, "promptdex command"],
+    ];
+    for (const [selector, getText, what] of copies) bindCopyButton($(selector), getText, what);
+
+    $("#detail-close").addEventListener("click", () => hooks.onClose());
+    $("#detail-prev").addEventListener("click", () => hooks.onStep(-1));
+    $("#detail-next").addEventListener("click", () => hooks.onStep(1));
+    $("#job-reproduce").addEventListener("click", (e) => this.jobs.create("reproduce", this.id, 1, e.currentTarget));
+    $("#job-variations").addEventListener("click", (e) =>
+      this.jobs.create("variations", this.id, VARIATIONS, e.currentTarget));
+    $("#job-list").addEventListener("click", (event) => {
+      const link = event.target.closest("a.job-link");
+      if (!link || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey) return;
+      event.preventDefault();
+      hooks.onOpenImage(link.dataset.id);
+    });
+    // Esc: the dialog's cancel event; we close through the router so the URL follows.
+    this.dialog.addEventListener("cancel", (event) => {
+      event.preventDefault();
+      hooks.onClose();
+    });
+    // The browser may still close it on its own (repeated Esc); keep the page in step.
+    this.dialog.addEventListener("close", () => {
+      if (this.id !== null) hooks.onClose();
+    });
+    this.dialog.addEventListener("click", (event) => {
+      if (event.target === this.dialog) hooks.onClose(); // a click on the backdrop
+    });
+  }
+
+  get isOpen() {
+    return this.dialog.open;
+  }
+
+  /** Show image `id`; `hint` is its list item (shown at once while the full record loads). */
+  async show(id, hint) {
+    id = String(id);
+    const sameImage = this.id === id && this.isOpen;
+    this.id = id;
+    if (!this.isOpen) {
+      document.body.classList.add("modal-open");
+      this.dialog.showModal();
+      $("#detail-close").focus({ preventScroll: true });
+    }
+    if (sameImage) return;
+    this.controller?.abort();
+    this.controller = new AbortController();
+    const { signal } = this.controller;
+    this.jobs.reset();
+    this.dialog.querySelector(".detail-scroll").scrollTop = 0;
+    this.setStatus("");
+    this.render(hint || { id }, { partial: true });
+    this.loadSimilar(id, signal);
+    try {
+      const full = await api.image(id, signal);
+      if (signal.aborted) return;
+      this.render(full, { partial: false });
+    } catch (error) {
+      if (isAbort(error) || signal.aborted) return;
+      this.setStatus(error.detail || error.message, "error");
+      if (!hint) this.renderMissing(id);
+    }
+  }
+
+  hide() {
+    this.id = null;
+    this.controller?.abort();
+    this.controller = null;
+    this.jobs.reset();
+    this.similarGrid.clear();
+    if (this.isOpen) this.dialog.close();
+    document.body.classList.remove("modal-open");
+  }
+
+  setNav(hasPrev, hasNext) {
+    $("#detail-prev").disabled = !hasPrev;
+    $("#detail-next").disabled = !hasNext;
+  }
+
+  setStatus(message, kind = "info") {
+    this.status.hidden = !message;
+    this.status.textContent = message;
+    this.status.dataset.kind = kind;
+  }
+
+  renderMissing(id) {
+    $("#detail-title").textContent = `Image #${id}`;
+    this.image.removeAttribute("src");
+    this.image.hidden = true;
+    this.dialog.dataset.loaded = "error";
+  }
+
+  render(item, { partial }) {
+    this.current = item;
+    this.dialog.dataset.loaded = partial ? "partial" : "full";
+    this.dialog.dataset.imageId = String(item.id);
+    const prompt = item.prompt || "";
+    $("#detail-title").textContent = prompt ? truncate(prompt, 80) : `Image #${item.id}`;
+    document.title = `${prompt ? truncate(prompt, 60) : `Image #${item.id}`} · promptdex`;
+
+    const fig = this.image;
+    fig.hidden = false;
+    if (item.url && fig.getAttribute("src") !== item.url) {
+      fig.classList.remove("loaded");
+      // The cached thumbnail shows (blurred) until the full image arrives.
+      fig.style.backgroundImage = item.thumb_url ? `url("${item.thumb_url}")` : "";
+      if (item.width && item.height) {
+        fig.width = item.width;
+        fig.height = item.height;
+        fig.style.setProperty("--ar", String(item.width / item.height));
+      }
+      fig.alt = prompt ? truncate(prompt, 200) : `Image ${item.id}`;
+      fig.onload = () => fig.classList.add("loaded");
+      fig.src = item.url;
+    }
+    $("#detail-open").href = item.url || "#";
+
+    $("#detail-prompt").textContent = prompt || "(no prompt recorded)";
+    $("#detail-prompt").classList.toggle("muted", !prompt);
+    const negative = item.negative_prompt || "";
+    $("#detail-negative").textContent = negative || "(none)";
+    $("#detail-negative").classList.toggle("muted", !negative);
+    $("#copy-prompt").disabled = !prompt;
+    $("#copy-negative").disabled = !negative;
+    $("#copy-seed").disabled = item.seed === null || item.seed === undefined;
+
+    const params = $("#detail-params");
+    const rows = [
+      ["Seed", text(item.seed), "seed"],
+      ["Steps", text(item.steps)],
+      ["CFG scale", text(item.cfg)],
+      ["Sampler", text(item.sampler)],
+      ["Schedule", text(item.scheduler)],
+      ["Size", item.width && item.height ? `${item.width} × ${item.height}` : DASH],
+      ["Model", text(item.model), "wide"],
+      ["Model hash", text(shortHash(item.model_hash)), "mono", item.model_hash],
+      ["Source", text(item.source)],
+      ["Created", formatDate(item.created_at)],
+    ];
+    if (!partial) {
+      if (item.sampler_class) rows.push(["Diffusers scheduler", item.sampler_class, "mono wide"]);
+      if (item.clip_skip) rows.push(["Clip skip", String(item.clip_skip)]);
+      if (item.denoising_strength !== null && item.denoising_strength !== undefined) {
+        rows.push(["Denoising strength", String(item.denoising_strength)]);
+      }
+      if (item.hires) rows.push(["Hires fix", Object.entries(item.hires).map(([k, v]) => `${k}: ${v}`).join(", "), "wide"]);
+      if (item.format) rows.push(["Format", String(item.format).toUpperCase()]);
+      if (item.sha256) rows.push(["SHA-256", shortHash(item.sha256), "mono", item.sha256]);
+    }
+    params.replaceChildren(
+      ...rows.map(([label, value, cls = "", title]) =>
+        h("div", { class: `param ${cls}`.trim() }, h("dt", {}, label), h("dd", { title: title || null }, value)),
+      ),
+    );
+
+    const reproduce = item.reproduce;
+    for (const [key, selector] of [["a1111", "#code-a1111"], ["diffusers", "#code-diffusers"], ["command", "#code-command"]]) {
+      $(selector).textContent = reproduce ? reproduce[key] : "Loading…";
+    }
+    for (const selector of ["#copy-a1111", "#copy-diffusers", "#copy-command", "#job-reproduce", "#job-variations"]) {
+      $(selector).disabled = !reproduce;
+    }
+  }
+
+  async loadSimilar(id, signal) {
+    this.similarGrid.clear();
+    this.similarState.hidden = false;
+    this.similarState.dataset.kind = "loading";
+    this.similarState.textContent = "Finding similar images…";
+    try {
+      const result = await api.similar(id, SIMILAR_K, signal);
+      if (signal.aborted) return;
+      const items = (result.data || []).filter((item) => String(item.id) !== String(id));
+      this.similarGrid.append(items);
+      if (items.length) {
+        this.similarState.hidden = true;
+      } else {
+        this.similarState.dataset.kind = "empty";
+        this.similarState.textContent = "No similar images yet (is the image index built?).";
+      }
+      announce(`${items.length} similar images`);
+    } catch (error) {
+      if (isAbort(error) || signal.aborted) return;
+      this.similarState.dataset.kind = "error";
+      this.similarState.textContent = `Similar images are unavailable: ${error.detail || error.message}`;
+    }
+  }
+}
