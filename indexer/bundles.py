@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 FORMAT = 1
 Ids = NDArray[np.int64]
+# An approximate index with a refine stage ranks k * REFINE_K_FACTOR candidates from its compressed codes, then
+# re-ranks them with the finer stored codes (see BENCHMARKS.md: 10 loses almost nothing against 20 at 1M).
+REFINE_K_FACTOR = 10
 
 
 def _now() -> str:
@@ -100,6 +103,34 @@ def _write_atomic(dest: Path, write: Any) -> None:
     os.replace(tmp, dest)
 
 
+def _read_index(file: Path, index_type: str, *, mmap: bool) -> Any:
+    """Read an index file; memory-mapped, the big arrays stay in the file's pages (shared with the page cache):
+    inverted lists of a plain IVF index, else the flat codes (exact vectors, a refine stage's codes)."""
+    if not mmap:
+        return faiss.read_index(str(file))
+    ivf_lists = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
+    flat_codes = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) | faiss.IO_FLAG_READ_ONLY
+    order = [ivf_lists, flat_codes] if "IVF" in index_type and "Refine" not in index_type else [flat_codes, ivf_lists]
+    try:
+        return faiss.read_index(str(file), order[0])
+    except RuntimeError:
+        return faiss.read_index(str(file), order[1])
+
+
+def _is_ivf(index: Any) -> bool:
+    try:
+        faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _refine_of(index: Any) -> Any:
+    """The IndexRefine inside an id map, or None."""
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else faiss.downcast_index(index)
+    return inner if isinstance(inner, faiss.IndexRefine) else None
+
+
 class Bundle:
     """A FAISS index whose ids are database ids, with its manifest. Exact (flat) below `exact_threshold`
     vectors, approximate (`approx_factory`, IVF by default) above it; memory-mapped bundles are read-only."""
@@ -123,9 +154,8 @@ class Bundle:
             raise IndexMismatch(
                 f"bundle {manifest.name!r} at {path} was built with {manifest.model}, but the loaded embedder is "
                 f"{model}: run `promptdex index --rebuild`, or load the model the bundle was built with")
-        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         try:
-            index = faiss.read_index(str(path / manifest.index_file), flags)
+            index = _read_index(path / manifest.index_file, manifest.index_type, mmap=mmap)
         except RuntimeError as exc:
             raise PromptdexError(f"bundle {manifest.name!r}: cannot read {path / manifest.index_file}: {exc}") from exc
         if index.d != manifest.dim or index.ntotal != manifest.count:
@@ -144,10 +174,14 @@ class Bundle:
         return self.manifest.dim
 
     def set_nprobe(self, nprobe: int) -> None:
+        """Search breadth: inverted lists probed (and the refine factor of an index with a refine stage)."""
         try:
             faiss.extract_index_ivf(self.index).nprobe = nprobe
         except RuntimeError:
             pass  # exact index: nothing to tune
+        refine = _refine_of(self.index)
+        if refine is not None:
+            refine.k_factor = REFINE_K_FACTOR
 
     def ids(self) -> Ids:
         """Every id in the bundle."""
@@ -182,10 +216,13 @@ class Bundle:
         return self.ids(), flat.reconstruct_n(0, self.count)
 
     def make_approximate(self, approx_factory: str = "IVF{nlist},Flat") -> None:
-        """Rebuild as an approximate index (trained on the vectors held now), keeping ids."""
+        """Rebuild as an approximate index (trained on the vectors held now), keeping ids.
+
+        `approx_factory` is a FAISS factory string; `{nlist}` becomes 2*sqrt(count) inverted lists and `{pq}`
+        dim/2 product-quantizer sub-vectors (2 dimensions each)."""
         ids, vectors = self.vectors()
-        nlist = max(1, min(int(4 * math.sqrt(len(ids))), len(ids) // 39))  # FAISS wants >= 39 points a list
-        spec = approx_factory.format(nlist=nlist)
+        nlist = max(1, min(int(2 * math.sqrt(len(ids))), len(ids) // 39))  # FAISS wants >= 39 points a list
+        spec = approx_factory.format(nlist=nlist, pq=max(1, self.dim // 2))
         index = faiss.index_factory(self.dim, f"IDMap2,{spec}", faiss.METRIC_INNER_PRODUCT)
         sample = vectors if len(vectors) <= 256 * nlist else vectors[np.random.default_rng(0).choice(
             len(vectors), 256 * nlist, replace=False)]
@@ -193,13 +230,39 @@ class Bundle:
         index.add_with_ids(vectors, ids)
         self.index = index
         self.manifest.index_type = spec
+        refine = _refine_of(index)
+        if refine is not None:
+            refine.k_factor = REFINE_K_FACTOR
         logger.info("bundle %s is now approximate (%s, %d vectors)", self.manifest.name, spec, len(ids))
 
     def remove(self, ids: Ids | list[int]) -> int:
         """Remove entries by id; returns how many were removed."""
         if self.read_only:
             raise PromptdexError(f"bundle {self.manifest.name!r} is memory-mapped (read-only)")
-        return int(self.index.remove_ids(np.asarray(ids, dtype=np.int64)))
+        if self.manifest.index_type == "flat":
+            return int(self.index.remove_ids(np.asarray(ids, dtype=np.int64)))
+        return self._remove_by_rebuild(np.asarray(ids, dtype=np.int64))
+
+    def _remove_by_rebuild(self, ids: Ids) -> int:
+        """Approximate indexes under the id map cannot remove in place (IVF keeps the old positions, a refine
+        stage cannot remove at all): re-add every other vector, as stored, to an empty copy of the trained index."""
+        all_ids = self.ids()
+        keep = ~np.isin(all_ids, ids)
+        removed = int((~keep).sum())
+        if removed == 0:
+            return 0
+        inner = faiss.downcast_index(self.index.index)
+        if _is_ivf(inner):
+            faiss.extract_index_ivf(inner).make_direct_map()
+        vectors = inner.reconstruct_n(0, inner.ntotal)[keep]
+        fresh = faiss.clone_index(inner)
+        fresh.reset()
+        if _is_ivf(fresh):
+            faiss.extract_index_ivf(fresh).make_direct_map(False)  # the copy needs no direct map
+        index = faiss.IndexIDMap2(fresh)
+        index.add_with_ids(vectors, all_ids[keep])
+        self.index = index
+        return removed
 
     def search(self, vector: Vectors, k: int) -> tuple[Ids, NDArray[np.float32]]:
         """The ids and inner-product scores of the `k` nearest entries to one vector, best first."""

@@ -59,8 +59,9 @@ class IndexerSettings(BaseModel):
     thumb_size: int = Field(384, ge=16, description="Long side of thumbnails in pixels.")
     exact_threshold: int = Field(200_000, ge=0, description="Below this many vectors a bundle is exact (flat).")
     approx_factory: str = Field(
-        "IVF{nlist},Flat", description="FAISS factory string of the approximate index ({nlist}: 4*sqrt(count)).")
-    nprobe: int = Field(16, ge=1, description="Inverted lists an approximate index searches.")
+        "IVF{nlist},PQ{pq}x4fs,Refine(SQ8)",
+        description="FAISS factory string of the approximate index ({nlist}: 2*sqrt(count); {pq}: dim/2).")
+    nprobe: int = Field(192, ge=1, description="Inverted lists an approximate index searches.")
     checkpoint_every: int = Field(
         10_000, ge=1, description="`promptdex index` saves the bundles after this many new vectors.")
     import_workers: int = Field(0, ge=0, description="Threads that decode images on import (0: one per CPU core).")

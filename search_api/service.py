@@ -128,13 +128,16 @@ class SearchService:
             return []
         where, args = store.filter_clause(filters)
         cond = (where + sql.SQL(" AND ")) if args else sql.SQL("WHERE ")
+        # newest `limit` images of each prompt at most (index images_prompt_recent): a popular prompt's
+        # thousands of images are never all read
         query = (
-            sql.SQL("SELECT i.id FROM unnest(%s::bigint[]) WITH ORDINALITY AS k(pid, r) "
-                    "JOIN images i ON i.prompt_id = k.pid ")
-            + cond + sql.SQL("i.id <= %s ORDER BY k.r, i.id DESC LIMIT %s")
+            sql.SQL("SELECT x.id FROM unnest(%s::bigint[]) WITH ORDINALITY AS k(pid, r) CROSS JOIN LATERAL "
+                    "(SELECT i.id FROM images i ")
+            + cond + sql.SQL("i.prompt_id = k.pid AND i.id <= %s ORDER BY i.id DESC LIMIT %s) x "
+                             "ORDER BY k.r, x.id DESC LIMIT %s")
         )
         with self.pool.connection() as conn:
-            rows = conn.execute(query, (list(prompt_ids), *args, max_id, limit)).fetchall()
+            rows = conn.execute(query, (list(prompt_ids), *args, max_id, limit, limit)).fetchall()
         return [int(r["id"]) for r in rows]
 
     def _hydrate(self, ids: Sequence[int]) -> dict[int, Image]:
@@ -151,7 +154,8 @@ class SearchService:
     def _vector_ranked(self, vector: NDArray[np.float32], filters: ImageFilter, max_id: int, n: int,
                        exclude: set[int] | None = None) -> tuple[list[int], dict[int, float]]:
         """Nearest images by CLIP vector, filtered; widens k until enough survive the filters."""
-        k = max(n * 2, 64)
+        # with no filter and nothing excluded, almost every neighbour survives: ask for few more than needed
+        k = max(n + 8, 16) if filters.is_empty() and not exclude else max(n * 2, 64)
         while True:
             ids, scores = self.engines.image_search(vector, k)
             candidates = [i for i in ids if not exclude or i not in exclude]
@@ -161,8 +165,9 @@ class SearchService:
                 return kept[:n], {i: score_of[i] for i in kept[:n]}
             k *= 4
 
-    def _prompt_vector_ranked(self, q: str, filters: ImageFilter, max_id: int, n: int) -> list[int]:
-        prompt_ids, _ = self.engines.prompt_search(self.engines.embed_prompt(q), n)
+    def _prompt_vector_ranked(self, vector: NDArray[np.float32], filters: ImageFilter, max_id: int,
+                              n: int) -> list[int]:
+        prompt_ids, _ = self.engines.prompt_search(vector, n)
         return self._images_of_prompts(prompt_ids, filters, max_id, n)
 
     def _ranked(self, req: SearchRequest, max_id: int, n: int) -> list[tuple[int, float | None]]:
@@ -176,10 +181,11 @@ class SearchService:
             pid = {int(r["id"]): int(r["prompt_id"]) for r in rows}
             return [(i, score_of_prompt.get(pid[i])) for i in ids if i in pid]
         lists = []
+        clip_vector, prompt_vector = self.engines.start_text_embeddings(q)  # the models work during the SQL
         if req.mode is Mode.HYBRID:
             lists.append(self._keyword_ranked(q, req.filters, max_id, n)[0])
-        lists.append(self._vector_ranked(self.engines.embed_clip_text(q), req.filters, max_id, n)[0])
-        lists.append(self._prompt_vector_ranked(q, req.filters, max_id, n))
+        lists.append(self._vector_ranked(clip_vector.result(), req.filters, max_id, n)[0])
+        lists.append(self._prompt_vector_ranked(prompt_vector.result(), req.filters, max_id, n))
         return [(i, s) for i, s in rrf(lists)]
 
     # -- public -----------------------------------------------------------------------------------
@@ -243,12 +249,12 @@ class SearchService:
                 h = phash.get(pair[0])
                 if h is not None:
                     h &= _MASK64
-                    if any(bin(h ^ other).count("1") <= NEAR_DUPLICATE_BITS for other in kept_hashes):
+                    if any((h ^ other).bit_count() <= NEAR_DUPLICATE_BITS for other in kept_hashes):
                         continue
                     kept_hashes.append(h)
                 kept.append(pair)
-            if len(kept) >= need:
-                break
+                if len(kept) >= need:  # what is past the page is never compared
+                    return kept
         return kept
 
     def _browse(self, req: SearchRequest) -> SearchPage:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
 from indexer.keyword.base import (
     Conn,
@@ -49,15 +51,56 @@ _PG_TRGM = (
     "SELECT term FROM prompt_terms WHERE term %% %(w)s AND similarity(term, %(w)s) >= %(s)s "
     "ORDER BY similarity(term, %(w)s) DESC, prompts DESC, term LIMIT %(n)s"
 )
+# Ranked search in two tiers. First the prompts holding every query word (the AND of the groups), then, only
+# when those are fewer than the limit, the prompts holding some of them (the OR). Each tier ranks at most
+# CANDIDATES matching prompts, so a query made of words found in half the corpus costs the same as a rare one:
+# exact whenever a tier matches no more than CANDIDATES prompts, else the best of the first CANDIDATES matches.
+CANDIDATES = 300
+DENSE_FACTOR = 8
+# The tsqueries are written inline (not in a CTE) so the planner sees them and uses the column's statistics: a
+# rare word goes through the GIN index, a word found in half the prompts is found faster by reading prompts in
+# order until CANDIDATES match.
 _SEARCH = (
-    "WITH groups AS (SELECT q FROM (SELECT to_tsquery(%(cfg)s::regconfig, g) AS q FROM unnest(%(groups)s::text[]) g) s "
-    " WHERE numnode(q) > 0), "
-    "anyq AS (SELECT to_tsquery(%(cfg)s::regconfig, %(any)s) AS q) "
-    "SELECT p.id, (SELECT count(*) FROM groups WHERE p.tsv @@ groups.q) AS hits, "
-    " ts_rank_cd(p.tsv, anyq.q, 33) AS rank "
-    "FROM prompts p, anyq WHERE numnode(anyq.q) > 0 AND p.tsv @@ anyq.q "
-    "ORDER BY hits DESC, rank DESC, p.id LIMIT %(limit)s"
+    "WITH groups AS MATERIALIZED (SELECT q FROM (SELECT to_tsquery(%(cfg)s::regconfig, g) AS q "
+    " FROM unnest(%(groups)s::text[]) g) s WHERE numnode(q) > 0), "
+    "cand AS MATERIALIZED (SELECT p.id, p.tsv FROM prompts p "
+    " WHERE numnode(to_tsquery(%(cfg)s::regconfig, %(match)s)) > 0 "
+    " AND p.tsv @@ to_tsquery(%(cfg)s::regconfig, %(match)s) "
+    " AND NOT p.id = ANY(%(seen)s::bigint[]) LIMIT %(cap)s) "
+    "SELECT c.id, (SELECT count(*) FROM groups WHERE c.tsv @@ groups.q) AS hits, "
+    " ts_rank_cd(c.tsv, to_tsquery(%(cfg)s::regconfig, %(any)s), 33) AS rank "
+    "FROM cand c ORDER BY hits DESC, rank DESC, c.id LIMIT %(limit)s"
 )
+
+
+def _tier(conn: Conn, params: dict[str, Any], *, sequential: bool) -> list[dict[str, Any]]:
+    """One ranked tier. Never a prepared statement: the plan must be made for these words (a generic plan cannot
+    see how common they are). `sequential` when its matches are dense: reading prompts in order finds the cap
+    before the GIN index has merged long posting lists (planner settings local to the statement's transaction)."""
+
+    def run() -> list[dict[str, Any]]:
+        with conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(_SEARCH, params, prepare=False).fetchall()
+
+    if not sequential or not conn.autocommit:
+        return run()
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_bitmapscan = off")
+        conn.execute("SET LOCAL enable_indexscan = off")
+        return run()
+
+
+def _dense(words: list[str], counts: dict[str, int], total: float, cap: int) -> bool:
+    """Whether prompts holding every word are so many (DENSE_FACTOR x cap, if the words were independent; words of
+    one query go together more often than that) that a sequential read finds `cap` of them before the GIN index
+    has merged the words' long posting lists. One-letter words are left out of the estimate."""
+    counted = [w for w in words if len(w) >= 2]
+    if total <= 0 or not counted or any(w not in counts for w in counted):
+        return False
+    expected = total
+    for word in counted:
+        expected *= counts[word] / total
+    return expected >= DENSE_FACTOR * cap
 
 
 def _quote(word: str) -> str:
@@ -128,31 +171,54 @@ class PostgresKeywordIndex:
 
     def _alternatives(self, conn: Conn, word: str) -> list[str]:
         """Vocabulary words close to a word that is not in the vocabulary (typos)."""
-        if len(word) < 3 or rows(conn, "SELECT 1 AS known FROM prompt_terms WHERE term = %s", (word,)):
+        if len(word) < 3:
             return []
         sql = _PG_TRGM if self._has_pg_trgm(conn) else _OWN_TRIGRAMS
         return [str(r["term"]) for r in rows(conn, sql, {"w": word, "s": SIMILARITY, "n": MAX_ALTERNATIVES})]
 
+    def _vocabulary(self, conn: Conn, words: list[str]) -> tuple[dict[str, int], float]:
+        """How many prompts hold each word (the vocabulary's counts) and about how many prompts there are."""
+        known = [w for w in words if len(w) >= 2]
+        if not known:
+            return {}, 0.0
+        found = rows(conn, "SELECT term, prompts, (SELECT reltuples FROM pg_class WHERE oid = 'prompts'::regclass) "
+                           "AS total FROM prompt_terms WHERE term = ANY(%s)", (known,))
+        return {str(r["term"]): int(r["prompts"]) for r in found}, float(found[0]["total"]) if found else 0.0
+
+    def _groups(self, conn: Conn, words: list[str], counts: dict[str, int]) -> list[str]:
+        groups = []
+        for i, word in enumerate(words):
+            # the last word may be unfinished: a prefix, from 3 letters (a 1-letter prefix matches half the words)
+            operands = [_quote(word) + (":*" if i == len(words) - 1 and len(word) >= 3 else "")]
+            if word not in counts:
+                operands += [_quote(alt) for alt in self._alternatives(conn, word)]
+            groups.append(" | ".join(operands))
+        return groups
+
     def build_query(self, conn: Conn, query: str) -> list[str]:
         """One tsquery text per query word: the word, its typo alternatives, and a prefix match for the last."""
         words = query_words(query)
-        groups = []
-        for i, word in enumerate(words):
-            operands = [_quote(word) + (":*" if i == len(words) - 1 else "")]
-            operands += [_quote(alt) for alt in self._alternatives(conn, word)]
-            groups.append(" | ".join(operands))
-        return groups
+        return self._groups(conn, words, self._vocabulary(conn, words)[0])
 
     def search(self, query: str, limit: int = 50) -> list[tuple[int, float]]:
         """Prompt ids and scores, best first. Score = query words matched + a rank in [0, 1) (ts_rank_cd)."""
         if limit < 1:
             return []
+        words = query_words(query)
         with self._connect() as conn:
-            groups = self.build_query(conn, query)
+            counts, total = self._vocabulary(conn, words)
+            groups = self._groups(conn, words, counts)
             if not groups:
                 return []
-            found = rows(conn, _SEARCH, {"cfg": TS_CONFIG, "groups": groups, "limit": limit,
-                                         "any": " | ".join(f"({g})" for g in groups)})
+            params = {"cfg": TS_CONFIG, "groups": groups, "limit": limit, "cap": max(CANDIDATES, limit),
+                      "any": " | ".join(f"({g})" for g in groups), "seen": []}
+            tier = {**params, "match": " & ".join(f"({g})" for g in groups)}
+            found = _tier(conn, tier, sequential=_dense(words, counts, total, max(CANDIDATES, limit)))
+            if len(found) < limit and len(groups) > 1:  # too few hold every word: add those holding some
+                seen = [int(r["id"]) for r in found]
+                common = max((counts.get(w, 0) for w in words), default=0) >= DENSE_FACTOR * CANDIDATES
+                found += _tier(conn, {**params, "match": params["any"], "seen": seen, "limit": limit - len(found)},
+                               sequential=common)
         return [(int(r["id"]), float(r["hits"]) + float(r["rank"])) for r in found]
 
     def suggest(self, prefix: str, limit: int = 10) -> list[str]:
