@@ -86,7 +86,9 @@ class Results:
         self.save()
 
     def put(self, key: str, value: Any) -> None:
+        """Store a figure, with the machine's load average when it was taken (other users' work shows there)."""
         self.data["figures"][key] = value
+        self.data.setdefault("load_average", {})[key] = [round(x, 2) for x in os.getloadavg()]
         self.save()
 
     def save(self) -> None:

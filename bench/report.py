@@ -58,6 +58,10 @@ def render(data: dict[str, Any], results_path: str) -> str:
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".")
     add("The machine was shared with other engineers' test runs; the HTTP test reports how much CPU other "
         "processes took during its window.")
+    if data.get("load_average"):
+        add("Load average (1, 5, 15 min) when each group of figures was stored: "
+            + "; ".join(f"{k} {v[0]}/{v[1]}/{v[2]}" for k, v in data["load_average"].items())
+            + " (2 cores: above 2 means work was queueing for the CPU).")
     add("")
     add("Reproduce: `make bench-full` (1,000,000 images; writes `bench/results/full/results.json`, then this file "
         "with `python -m bench.report bench/results/full/results.json --out BENCHMARKS.md`). `make bench` is the "

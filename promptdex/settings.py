@@ -61,7 +61,7 @@ class IndexerSettings(BaseModel):
     approx_factory: str = Field(
         "IVF{nlist},PQ{pq}x4fs,Refine(SQ8)",
         description="FAISS factory string of the approximate index ({nlist}: 2*sqrt(count); {pq}: dim/2).")
-    nprobe: int = Field(192, ge=1, description="Inverted lists an approximate index searches.")
+    nprobe: int = Field(128, ge=1, description="Inverted lists an approximate index searches.")
     checkpoint_every: int = Field(
         10_000, ge=1, description="`promptdex index` saves the bundles after this many new vectors.")
     import_workers: int = Field(0, ge=0, description="Threads that decode images on import (0: one per CPU core).")
