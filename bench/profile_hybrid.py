@@ -47,6 +47,83 @@ class Meter:
         setattr(obj, name, measured)
 
 
+def _gemm_gflops(rows: int, inner: int, outer: int, repeat: int = 200) -> float:
+    """Best-of-five GFLOP/s of one fp32 `linear` (rows x inner times inner x outer) on the calling thread."""
+    import torch
+
+    x, w, b = torch.randn(rows, inner), torch.randn(outer, inner), torch.randn(outer)
+    best = float("inf")
+    with torch.inference_mode():
+        torch.nn.functional.linear(x, w, b)
+        for _ in range(5):
+            t0 = time.thread_time()
+            for _ in range(repeat):
+                torch.nn.functional.linear(x, w, b)
+            best = min(best, (time.thread_time() - t0) / repeat)
+    return 2 * rows * inner * outer / best / 1e9
+
+
+def _weight_mib(module: Any) -> float:
+    """MiB of the 2-d weights of a module's matrix products (embedding tables excluded: a query reads a few rows)."""
+    import torch
+
+    total = 0
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.Embedding):
+            continue
+        for name, p in sub.named_parameters(recurse=False):
+            if p.dim() == 2 and "embedding" not in name:
+                total += p.numel() * p.element_size()
+    return total / 2**20
+
+
+def compute_floor(engines: Any, queries: list[str], measured_ms: dict[str, float]) -> dict[str, Any]:
+    """What a query embedding's CPU is made of, against what one core can do: the bound on hybrid CPU per query.
+
+    Per query model, on real queries one at a time: floating-point operations (torch's FlopCounterMode), the CPU
+    spent in matrix products (aten addmm/mm/bmm/linear, torch's profiler) and the bytes of weights those products
+    read. The core's arithmetic rate is an fp32 product of the towers' own shape (512 -> 2048) with its weights
+    in cache, at one query's 7 rows and at sixteen queries' 112 rows: the floor a perfectly batched call could
+    reach. One query's products run far below it: the weights do not fit the cache and are streamed from memory
+    for a handful of rows.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    calls = {"clip": engines.indexer.embed_text, "prompt": engines.indexer.embed_prompts}
+    models = {"clip": engines.indexer.embedders.clip.model, "prompt": engines.indexer.embedders.prompt.model}
+    torch.set_num_threads(1)
+    one, batch = _gemm_gflops(7, 512, 2048), _gemm_gflops(112, 512, 2048, repeat=40)
+    out: dict[str, Any] = {"gemm_gflops_one_query_rows": round(one, 1), "gemm_gflops_batched_rows": round(batch, 1),
+                           "queries": len(queries), "models": {}}
+    for name, call in calls.items():
+        call(queries[:1])  # warm: a first call may run one-off checks (the trimmed CLIP path checks itself)
+        flops = 0
+        for q in queries:
+            counter = FlopCounterMode(display=False)
+            with counter:
+                call([q])
+            flops += counter.get_total_flops()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for q in queries:
+                call([q])
+        products_us = sum(e.self_cpu_time_total for e in prof.key_averages()
+                          if e.key in ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear"))
+        products_ms = products_us / 1000 / len(queries)
+        f = flops / len(queries)
+        text_part = models[name].transformer if name == "clip" else models[name]
+        weights = _weight_mib(text_part) + (_weight_mib(models[name].text_projection)
+                                             if name == "clip" and isinstance(models[name].text_projection,
+                                                                             torch.nn.Module) else 0.0)
+        out["models"][name] = {
+            "gflop_per_query": round(f / 1e9, 3), "weights_mib": round(weights, 1),
+            "products_ms": round(products_ms, 2), "products_gflops": round(f / products_ms / 1e6, 1),
+            "weights_gb_per_s": round(weights * 2**20 / products_ms / 1e6, 1),
+            "floor_ms_batched": round(f / batch / 1e6, 2), "measured_cpu_ms": round(measured_ms[name], 2)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--queries", type=Path, required=True)
@@ -107,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     stages["threads"] = {"what": "other threads of the API process (pool, GC, libraries)",
                          "cpu_ms": round((cpu - request_thread - meter.cpu["embed_clip_text"]
                                           - meter.cpu["embed_prompt"]) * 1000 / n, 2), "wall_ms": None}
+    measured = {"clip": meter.cpu["embed_clip_text"] * 1000 / n, "prompt": meter.cpu["embed_prompt"] * 1000 / n}
     result = {"queries": n, "api_process_cpu_ms": round(cpu * 1000 / n, 2), "wall_ms": round(wall * 1000 / n, 2),
-              "postgres_cpu_ms": round(pg * 1000 / n, 2), "stages": stages}
+              "postgres_cpu_ms": round(pg * 1000 / n, 2), "stages": stages,
+              "compute": compute_floor(engines, todo[:100], measured)}
     args.out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result), file=sys.stderr)
     pool.close()

@@ -298,6 +298,32 @@ def render(data: dict[str, Any], results_path: str) -> str:
                 add(f"| {row['what']} | {_f(row['cpu_ms'], 2)} | {_f(row['wall_ms'], 2)} |")
             add(f"| PostgreSQL server processes | {_f(prof['postgres_cpu_ms'], 2)} | |")
             add("")
+        comp = prof.get("compute", {})
+        if comp:
+            names = {"clip": "CLIP ViT-B-32 text tower", "prompt": "MiniLM"}
+            add(f"What the query embeddings' CPU is made of, on {comp['queries']} of the queries one at a time: "
+                f"floating-point operations counted by torch's `FlopCounterMode`, CPU in matrix products from torch's "
+                f"profiler, and the bytes of weights those products read. One core's fp32 rate on the towers' own "
+                f"shape (512 x 2048) with the weights in cache: {_f(comp['gemm_gflops_one_query_rows'])} GFLOP/s at "
+                f"one query's 7 rows, {_f(comp['gemm_gflops_batched_rows'])} GFLOP/s at sixteen queries' 112 rows.")
+            add("")
+            add("| query model | GFLOP per query | weights of its products (MiB) | matrix products, one query per "
+                "call (ms) | their rate (GFLOP/s, weights GB/s) | arithmetic floor, perfectly batched (ms) | "
+                "measured CPU per query (ms) |")
+            add("|---|---|---|---|---|---|---|")
+            floor_batched = 0.0
+            for key, m in comp["models"].items():
+                floor_batched += m["floor_ms_batched"]
+                add(f"| {names.get(key, key)} | {m['gflop_per_query']:.3f} | {_f(m['weights_mib'])} | "
+                    f"{_f(m['products_ms'], 1)} | {_f(m['products_gflops'])}, {_f(m['weights_gb_per_s'])} | "
+                    f"{_f(m['floor_ms_batched'], 1)} | {_f(m['measured_cpu_ms'], 1)} |")
+            add("")
+            add(f"One query's products stream every weight from memory for a handful of rows, far below the core's "
+                f"arithmetic rate; batching concurrent queries is what moves them towards it. Even perfectly "
+                f"batched, the arithmetic of the two query embeddings alone is {_f(floor_batched, 1)} ms of one core "
+                f"per query: {_f(100 * floor_batched / 20, 0)}% of the 20 ms of CPU per request that 100 requests/s "
+                f"on 2 cores allow, before FAISS, PostgreSQL, SQL and HTTP.")
+            add("")
         batches = http.get("batches", {})
         if batches:
             add("Query embeddings are batched across concurrent requests (one model call for all queued queries): "
@@ -317,6 +343,22 @@ def render(data: dict[str, Any], results_path: str) -> str:
             f"{_f(mem['rss_mib'])} MiB (anonymous {_f(mem['anon_mib'])} MiB, file-backed {_f(mem['file_mib'])} "
             f"MiB: shared libraries and memory-mapped files), peak {_f(mem['peak_rss_mib'])} MiB.")
         add("")
+        floor = data["figures"].get("memory_floor")
+        if floor:
+            add("What that memory is made of: a fresh process (`bench/memfloor.py`, the API's environment) loads "
+                "what the API loads, one step at a time (MiB).")
+            add("")
+            add("| after | RSS | anonymous | file-backed |")
+            add("|---|---|---|---|")
+            for st in floor["steps"]:
+                add(f"| {st['step']} | {_f(st['rss_mib'], 0)} | {_f(st['anon_mib'], 0)} | {_f(st['file_mib'], 0)} |")
+            add("")
+            pm, bf = floor["parameters_mib"], floor["bundle_files_mib"]
+            add(f"Model weights in fp32: CLIP ViT-B-32 {_f(pm['clip_all_mib'], 0)} MiB (of which the vision tower, "
+                f"kept for search by uploaded image, {_f(pm['clip_vision_mib'], 0)} MiB), MiniLM "
+                f"{_f(pm['minilm_mib'], 0)} MiB. Bundle files: "
+                + ", ".join(f"{k} {_f(v, 0)} MiB" for k, v in bf.items()) + ".")
+            add("")
 
     # ingest ---------------------------------------------------------------------------------------------------
     ing = f.get("ingest", {})

@@ -227,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         results.put("http", http)
     finally:
         server.stop()
+    with timed("memory floor"):
+        floor_out = out / "memory-floor.json"
+        subprocess.run([sys.executable, "-m", "bench.memfloor", "--out", str(floor_out)], check=True, cwd=REPO,
+                       env=hybrid.server_env(data_dir))
+        results.put("memory_floor", json.loads(floor_out.read_text()))
 
     # 8. import and embedding throughput --------------------------------------------------------------------
     from psycopg import sql as pgsql

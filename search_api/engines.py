@@ -49,8 +49,9 @@ class _LRU:
 class _Batcher:
     """Coalesces concurrent one-text embeddings into one model call.
 
-    A query embedding on the CPU is bound by reading the model's weights (150 MB for the CLIP text tower), not
-    by arithmetic: sixteen queries in one batch cost little more than one. Callers queue their text and wait;
+    One query is a matrix product of a handful of rows, which a CPU core runs at about half the rate it reaches
+    on a batch (bench/profile_hybrid.py measures both): sixteen queries in one call cost about half of sixteen
+    calls. Callers queue their text and wait;
     one worker thread per model takes everything queued (up to `max_batch`) as one batch. With no other
     request waiting a query runs alone, with no added delay.
     """

@@ -1,0 +1,74 @@
+"""What the API's resident memory is made of: a fresh process loads what `promptdex serve` loads, step by step.
+
+Run as its own process with the API's environment (`python -m bench.memfloor --out F`): resident, anonymous and
+file-backed memory after importing torch, the other libraries, loading the two query models, and
+opening the two bundles as the API does (memory-mapped) and searching each once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.common import memory_of
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    steps: list[dict[str, Any]] = []
+
+    def mark(what: str) -> None:
+        steps.append({"step": what, **memory_of(os.getpid())})
+
+    mark("python interpreter")
+    import torch  # noqa: F401
+
+    mark("import torch")
+    import faiss  # noqa: F401
+    import open_clip  # noqa: F401
+    import psycopg  # noqa: F401
+    import sentence_transformers  # noqa: F401
+    import uvicorn  # noqa: F401
+
+    from search_api.app import create_app  # noqa: F401
+
+    mark("import faiss, open_clip, sentence-transformers, FastAPI, uvicorn, psycopg, promptdex")
+    from indexer.embedders import load_embedders
+    from promptdex.settings import get_settings
+
+    settings = get_settings()
+    embedders = load_embedders(settings)
+    mark("load the query models (CLIP ViT-B-32 text and vision towers, MiniLM)")
+    clip: Any = getattr(embedders.clip, "model")  # noqa: B009 - the open_clip embedder's model
+    minilm: Any = getattr(embedders.prompt, "model")  # noqa: B009
+    params = {"clip_vision_mib": sum(p.numel() * p.element_size() for p in clip.visual.parameters()) / 2**20,
+              "clip_all_mib": sum(p.numel() * p.element_size() for p in clip.parameters()) / 2**20,
+              "minilm_mib": sum(p.numel() * p.element_size() for p in minilm.parameters()) / 2**20}
+    import numpy as np
+
+    from indexer.indexing import IMAGE_BUNDLE, PROMPT_BUNDLE
+    from indexer.service import BundleHandle
+
+    sizes: dict[str, float] = {}
+    handles = []
+    for name, embedder in ((IMAGE_BUNDLE, embedders.clip), (PROMPT_BUNDLE, embedders.prompt)):
+        handle = BundleHandle(settings.indexes_path / name, model=embedder.model_id, mmap=True,
+                              nprobe=settings.indexer.nprobe)
+        handle.search(np.ones((1, embedder.dim), dtype=np.float32) / np.sqrt(embedder.dim), 50)
+        handles.append(handle)
+        sizes[name] = sum(p.stat().st_size for p in (settings.indexes_path / name).rglob("*") if p.is_file()) / 2**20
+    mark("open both bundles as the API does (memory-mapped) and search each once")
+    args.out.write_text(json.dumps({"steps": steps, "parameters_mib": {k: round(v, 1) for k, v in params.items()},
+                                    "bundle_files_mib": {k: round(v, 1) for k, v in sizes.items()}}, indent=1))
+    print(json.dumps(steps), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
