@@ -102,6 +102,14 @@ def clip_throughput(models_dir: Path, seconds: float = 30.0, batch: int = 32) ->
     elapsed = time.perf_counter() - t0
     rate = done / elapsed
     log(f"CLIP ViT-B-32 image embedding: {rate:.1f} images/s on CPU ({torch.get_num_threads()} threads)")
+    # baseline: one image per model call, what a loop over files without batching does
+    single, t1 = 0, time.perf_counter()
+    while time.perf_counter() - t1 < seconds / 3:
+        embedder.embed_images(images[single % batch: single % batch + 1])
+        single += 1
+    single_rate = single / (time.perf_counter() - t1)
+    log(f"CLIP ViT-B-32 image embedding, one image per call: {single_rate:.1f} images/s")
     return {"model": "open_clip ViT-B-32 (random weights, 224 px)", "device": "cpu", "batch": batch,
             "threads": torch.get_num_threads(), "images": done, "seconds": round(elapsed, 1),
-            "images_per_s": round(rate, 2), "gpu": "not lent to this task (no GPU figure)"}
+            "images_per_s": round(rate, 2), "baseline_one_per_call_images_per_s": round(single_rate, 2),
+            "gpu": "not lent to this task (no GPU figure)"}
