@@ -65,7 +65,7 @@ def render(data: dict[str, Any], results_path: str) -> str:
     add("")
     add("Reproduce: `make bench-full` (1,000,000 images; writes `bench/results/full/results.json`, then this file "
         "with `python -m bench.report bench/results/full/results.json --out BENCHMARKS.md`). `make bench` is the "
-        "5-minute version at 100,000 images (`bench/results/quick/`, its own BENCHMARKS.md there). Every run uses "
+        "same at 100,000 images (about 9 minutes; `bench/results/quick/`, its own BENCHMARKS.md there). Every run uses "
         "its own data dir and embedded PostgreSQL under its results folder.")
     add("")
 
@@ -233,7 +233,7 @@ def render(data: dict[str, Any], results_path: str) -> str:
             "prompts picked by image popularity (so common words come up as often as in prompts), plus queries "
             "made only of the 20 most common words. Baseline: a sequential scan with `ILIKE` for every word, "
             "shortest prompts first (`" + "SELECT id FROM prompts WHERE text ILIKE ALL(...) ORDER BY length(text),"
-            " id LIMIT 50`), on the first third of each group's queries.")
+            " id LIMIT 50`), on the same queries (the first of each group, as many as the ILIKE scan n column gives).")
         add("")
         add("| queries | n | p50 ms | p99 ms | mean results | ILIKE scan n | ILIKE p50 ms | ILIKE p99 ms | "
             "ratio (p50) | examples |")

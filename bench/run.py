@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results/quick"))
     parser.add_argument("--queries", type=int, default=1000, help="kNN and keyword queries per measurement")
     parser.add_argument("--baseline-queries", type=int, default=1000,
-                        help="queries for each baseline (exact kNN; ILIKE scan, split over 1/2/4 words)")
+                        help="queries for each baseline (exact kNN; ILIKE scan per 1/2/4-word group; one-client HTTP)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of the HTTP load test")
     parser.add_argument("--import-files", type=int, default=2000)
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                                       replace=False))
                               for i in range(200)]
     with timed("keyword"):
-        results.put("keyword", keyword.run(pool, groups, common, max(1, args.baseline_queries // 3)))
+        results.put("keyword", keyword.run(pool, groups, common, args.baseline_queries))
 
     # 7. hybrid over HTTP -------------------------------------------------------------------------------------
     http_queries = []
@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                 seen.add(q)
                 http_queries.append(q)
     np.random.default_rng(5).shuffle(http_queries)
-    warm, profile_q, load_q = http_queries[:50], http_queries[50:450], http_queries[450:]
+    n_seq = max(300, args.baseline_queries)
+    warm, profile_q, load_q = http_queries[:50], http_queries[50:50 + n_seq], http_queries[50 + n_seq:]
     (out / "queries-load.json").write_text(json.dumps(load_q))
     (out / "queries-profile.json").write_text(json.dumps(profile_q))
     server = hybrid.Server(data_dir, args.port, out / "api.log")
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         for q in warm:
             server.get(f"/api/search?q={quote(q)}")
         http: dict[str, Any] = {"health": health, "memory_after_start": start_mem}
-        http["sequential"] = hybrid.sequential(server, profile_q[:200])
+        http["sequential"] = hybrid.sequential(server, profile_q)
         results.put("http", http)
         with timed("profile"):
             prof_out = out / "profile.json"
