@@ -47,9 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     mark("load the query models (CLIP ViT-B-32 text and vision towers, MiniLM)")
     clip: Any = getattr(embedders.clip, "model")  # noqa: B009 - the open_clip embedder's model
     minilm: Any = getattr(embedders.prompt, "model")  # noqa: B009
-    params = {"clip_vision_mib": sum(p.numel() * p.element_size() for p in clip.visual.parameters()) / 2**20,
-              "clip_all_mib": sum(p.numel() * p.element_size() for p in clip.parameters()) / 2**20,
-              "minilm_mib": sum(p.numel() * p.element_size() for p in minilm.parameters()) / 2**20}
+    params = {key: sum(p.numel() * p.element_size() for p in module.parameters()) / 2**20
+              for key, module in (("clip_vision_mib", clip.visual), ("clip_all_mib", clip), ("minilm_mib", minilm))}
     import numpy as np
 
     from indexer.indexing import IMAGE_BUNDLE, PROMPT_BUNDLE

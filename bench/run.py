@@ -28,6 +28,7 @@ from bench.common import Results, log, machine, timed
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO.parent / "shared" / "fixtures" / "metadata"
+PROFILE_QUERIES = 300  # hybrid queries profiled one at a time in-process (bench.profile_hybrid --n)
 
 
 def _prepare_env(data_dir: Path) -> None:
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 seen.add(q)
                 http_queries.append(q)
     np.random.default_rng(5).shuffle(http_queries)
-    n_seq = max(300, args.baseline_queries)
+    n_seq = max(PROFILE_QUERIES, args.baseline_queries)  # the profile reads the first PROFILE_QUERIES
     warm, profile_q, load_q = http_queries[:50], http_queries[50:50 + n_seq], http_queries[50 + n_seq:]
     (out / "queries-load.json").write_text(json.dumps(load_q))
     (out / "queries-profile.json").write_text(json.dumps(profile_q))
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         with timed("profile"):
             prof_out = out / "profile.json"
             subprocess.run([sys.executable, "-m", "bench.profile_hybrid", "--queries",
-                            str(out / "queries-profile.json"), "--out", str(prof_out), "--n", "300"],
+                            str(out / "queries-profile.json"), "--out", str(prof_out), "--n", str(PROFILE_QUERIES)],
                            check=True, cwd=REPO, env=hybrid.server_env(data_dir))
             http["profile"] = json.loads(prof_out.read_text())
         results.put("http", http)

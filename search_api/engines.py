@@ -49,11 +49,10 @@ class _LRU:
 class _Batcher:
     """Coalesces concurrent one-text embeddings into one model call.
 
-    One query is a matrix product of a handful of rows, which a CPU core runs at about half the rate it reaches
-    on a batch (bench/profile_hybrid.py measures both): sixteen queries in one call cost about half of sixteen
-    calls. Callers queue their text and wait;
-    one worker thread per model takes everything queued (up to `max_batch`) as one batch. With no other
-    request waiting a query runs alone, with no added delay.
+    One query's matrix products have a handful of rows and run far below the rate a CPU core reaches on a batch
+    (bench/profile_hybrid.py measures both), so one call for many queries costs much less than a call each.
+    Callers queue their text and wait; one worker thread per model takes everything queued (up to `max_batch`)
+    as one batch. With no other request waiting a query runs alone, with no added delay.
     """
 
     def __init__(self, embed: Any, name: str, max_batch: int = 32) -> None:
