@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                                                kwargs={"row_factory": dict_row, "autocommit": True})
     pool.open(wait=True)
     engines = load_engines(settings, pool.connection)
-    service = SearchService(pool=pool, engines=engines)
+    service = SearchService(pool=pool, engines=engines, secret=b"bench")
     queries = json.loads(args.queries.read_text())
     for q in queries[-20:]:  # warm up: models, bundles, caches of PostgreSQL
         service.search(SearchRequest(q=q))

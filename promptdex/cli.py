@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "promptdex.commands.env",
     "promptdex.commands.db",
     "promptdex.commands.demo",
+    "promptdex.commands.users",
     "generator.commands",
     "indexer.commands",
     "search_api.commands",

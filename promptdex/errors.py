@@ -31,3 +31,29 @@ class IndexMismatch(PromptdexError):
 
 class IndexMissing(PromptdexError):
     """An index bundle has not been built yet."""
+
+
+class Unauthorized(PromptdexError):
+    """No valid credentials: unknown user or token, expired or revoked token, wrong password (never says which)."""
+
+
+class Forbidden(PromptdexError):
+    """Valid credentials, but a role too low for the request (the message names the role needed)."""
+
+
+class QuotaExceeded(PromptdexError):
+    """Over a rate limit or a generation quota; `retry_after` is the seconds until it resets."""
+
+    def __init__(self, message: str, *, retry_after: int, limit: int | None = None, remaining: int = 0) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+        self.limit = limit
+        self.remaining = remaining
+
+
+class PayloadTooLarge(PromptdexError):
+    """A body or upload over the configured size or pixel limit."""
+
+
+class UnsupportedMedia(PromptdexError):
+    """An upload that is not an image we can read, or a body of a type the route does not take."""

@@ -72,13 +72,44 @@ class IndexerSettings(BaseModel):
     meili_key: str | None = Field(None, description="Meilisearch API key.")
 
 
+class AnonymousAccess(StrEnum):
+    """What callers without an account may do."""
+
+    NONE = "none"  # a private instance: everything but the page itself needs a sign-in
+    READ = "read"  # search, image detail, files, similar and upload search
+    CREATE = "create"  # read, and queue generation jobs (loopback only: `serve` refuses it on other addresses)
+
+
 class ApiSettings(BaseModel):
-    """HTTP server."""
+    """HTTP server, accounts, quotas and the security settings of the API."""
 
     host: str = Field("127.0.0.1", description="Address `promptdex serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `promptdex serve` binds.")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest accepted upload.")
     max_upload_pixels: int = Field(50_000_000, ge=1, description="Most pixels in an accepted upload.")
+    max_json_bytes: int = Field(64 * 1024, ge=256, description="Largest accepted JSON request body.")
+    anonymous: AnonymousAccess = Field(
+        AnonymousAccess.READ, description="What callers without an account may do: none, read or create.")
+    secret: str | None = Field(
+        None, description="Server secret that signs cursors (unset: one generated into DATA_DIR/api-secret). "
+        "Give every replica the same one.")
+    allowed_hosts: str = Field(
+        "localhost,127.0.0.1,::1", description="Comma-separated Host names the API answers (`*` for any; a "
+        "leading `*.` matches subdomains); other Host headers get 400.")
+    cors_origins: str = Field("", description="Comma-separated origins allowed to call the API from other sites "
+                              "(empty: CORS off).")
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1", description="Proxies whose X-Forwarded-For/-Proto headers are trusted (`promptdex serve`).")
+    session_days: float = Field(14.0, gt=0, description="How long a browser sign-in lasts.")
+    login_link_minutes: float = Field(
+        60.0, gt=0, description="How long the one-time sign-in link printed by `serve` on loopback stays valid.")
+    rate_burst: int = Field(30, ge=1, description="API requests per second per caller (token, user or address).")
+    rate_sustained: int = Field(600, ge=1, description="API requests per minute per caller.")
+    login_attempts: int = Field(10, ge=1, description="Sign-in attempts per minute per client address.")
+    images_per_hour: int = Field(200, ge=0, description="Images a user may request per hour (admins exempt).")
+    images_queued: int = Field(32, ge=0, description="Images a user may have queued or running at once "
+                               "(admins exempt).")
+    queue_cap: int = Field(1000, ge=0, description="Images queued or running at once, over all users.")
 
 
 class Settings(BaseSettings):

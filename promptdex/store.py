@@ -228,3 +228,14 @@ def _staging_type(column: str) -> str:
     if column in _JSON_COLUMNS:
         return "jsonb"
     return types.get(column, "text")
+
+
+def facets(conn: Conn) -> dict[str, Any]:
+    """Distinct models, samplers and sizes, most used first, for filter menus."""
+    models = [r["model"] for r in conn.execute(
+        "SELECT model FROM images WHERE model IS NOT NULL GROUP BY model ORDER BY count(*) DESC LIMIT 200")]
+    samplers = [r["sampler"] for r in conn.execute(
+        "SELECT sampler FROM images WHERE sampler IS NOT NULL GROUP BY sampler ORDER BY count(*) DESC LIMIT 100")]
+    sizes = [[r["width"], r["height"]] for r in conn.execute(
+        "SELECT width, height FROM images GROUP BY width, height ORDER BY count(*) DESC LIMIT 50")]
+    return {"models": models, "samplers": samplers, "sizes": sizes}

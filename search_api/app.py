@@ -3,64 +3,68 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from promptdex.db import Database, open_database
-from promptdex.errors import (
-    ConfigError,
-    DatabaseError,
-    IndexMismatch,
-    IndexMissing,
-    InvalidInput,
-    NotFound,
-    PromptdexError,
-)
+from promptdex.db import open_database
+from promptdex.errors import ConfigError
 from promptdex.settings import Settings
+from search_api import errors, openapi, routes_auth, routes_files, routes_jobs, routes_search
 from search_api.engines import Engines, load_engines
+from search_api.limits import RateLimits
+from search_api.middleware import GuardMiddleware, split_list
 from search_api.service import SearchService
+from search_api.state import AppState
 
 logger = logging.getLogger(__name__)
 
 FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
+SECRET_FILE = "api-secret"
 
 
-@dataclass
-class AppState:
-    """What the lifespan built; routes reach it through `search_api.deps`."""
-
-    settings: Settings
-    database: Database
-    pool: ConnectionPool[Any]
-    engines: Engines
-    service: SearchService
-
-
-class PayloadTooLarge(PromptdexError):
-    """An upload over the configured size or pixel limit."""
-
-
-class UnsupportedMedia(PromptdexError):
-    """An upload that is not an image we can read."""
-
-
-_STATUS: list[tuple[type[Exception], int]] = [
-    (NotFound, 404), (InvalidInput, 422), (IndexMismatch, 409), (IndexMissing, 503), (PayloadTooLarge, 413),
-    (UnsupportedMedia, 415), (DatabaseError, 503), (ConfigError, 500),
-]
+def server_secret(settings: Settings) -> bytes:
+    """PROMPTDEX_API__SECRET, or a random one kept in DATA_DIR/api-secret (made once, readable by us only)."""
+    if settings.api.secret:
+        if len(settings.api.secret) < 16:
+            raise ConfigError("PROMPTDEX_API__SECRET: use at least 16 characters (e.g. `openssl rand -hex 32`)")
+        return settings.api.secret.encode()
+    path = settings.data_path / SECRET_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.is_file():
+            tmp = path.with_name(f".{SECRET_FILE}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp, path)  # atomic, and never replaces a secret another process wrote first
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot keep the API secret there ({exc.strerror}); set PROMPTDEX_API__SECRET "
+                          "or PROMPTDEX_DATA_DIR") from exc
+    if len(value) < 16:
+        raise ConfigError(f"{path}: the API secret is too short; delete the file to make a new one")
+    return value.encode()
 
 
 def create_app(settings: Settings, *, engines: Engines | None = None) -> FastAPI:
     """Build the app. `engines` may be injected (tests); by default the lifespan loads them from settings."""
+    secret = server_secret(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -71,7 +75,8 @@ def create_app(settings: Settings, *, engines: Engines | None = None) -> FastAPI
         )
         pool.open(wait=True, timeout=settings.db.connect_timeout)
         loaded = engines or load_engines(settings, pool.connection)
-        app.state.promptdex = AppState(settings, database, pool, loaded, SearchService(pool=pool, engines=loaded))
+        service = SearchService(pool=pool, engines=loaded, secret=secret)
+        app.state.promptdex = AppState(settings, database, pool, loaded, service, RateLimits(settings.api))
         logger.info("promptdex API ready (%s)", database.display)
         try:
             yield
@@ -82,38 +87,20 @@ def create_app(settings: Settings, *, engines: Engines | None = None) -> FastAPI
     app = FastAPI(
         title="promptdex",
         summary="Search Stable Diffusion images by keyword, meaning or likeness, and reproduce them.",
-        version="0.1.0",
+        version="0.2.0",
         lifespan=lifespan,
     )
-
-    for exc_type, status in _STATUS:
-        app.add_exception_handler(exc_type, _handler(status))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"] if p not in ("query", "body", "path"))
-            problems.append(f"{field}: {err['msg']}")
-        return JSONResponse({"detail": "; ".join(problems), "errors": jsonable(exc.errors())}, status_code=422)
-
-    from search_api import routes_files, routes_jobs, routes_search
-
-    app.include_router(routes_search.router)
-    app.include_router(routes_jobs.router)
-    app.include_router(routes_files.router)
+    errors.install(app)
+    routers = [routes_search.router, routes_jobs.router, routes_auth.router, routes_files.router]
+    for router in routers:
+        app.include_router(router)
     routes_files.mount_frontend(app, FRONTEND_DIR)
+    openapi.install(app, routers=routers, anonymous=settings.api.anonymous)
+
+    origins = split_list(settings.api.cors_origins)
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials=False,
+                           allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(GuardMiddleware, allowed_hosts=split_list(settings.api.allowed_hosts) or ["localhost"],
+                       max_json=settings.api.max_json_bytes, max_upload=settings.api.max_upload_bytes)
     return app
-
-
-def _handler(status: int) -> Any:
-    async def handle(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=status)
-
-    return handle
-
-
-def jsonable(errors: Any) -> Any:
-    from fastapi.encoders import jsonable_encoder
-
-    return jsonable_encoder(errors, custom_encoder={Exception: str, bytes: lambda b: b.decode(errors="replace")})

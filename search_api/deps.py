@@ -1,15 +1,28 @@
-"""Typed dependencies for the routes."""
+"""Typed dependencies for the routes: the app state, a pooled connection, the search service, filters."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
+import psycopg
 from fastapi import Depends, Query, Request
+from pydantic import AfterValidator
 
 from promptdex.records import ImageFilter
-from search_api.app import AppState
 from search_api.service import SearchService
+from search_api.state import AppState
+
+
+def _storable(value: str) -> str:
+    """Text PostgreSQL can store: no NUL character (surrogates never get this far: the query is UTF-8)."""
+    if "\x00" in value:
+        raise ValueError("contains a NUL character, which is not accepted in text")
+    return value
+
+
+SafeStr = Annotated[str, AfterValidator(_storable)]
 
 
 def get_state(request: Request) -> AppState:
@@ -18,13 +31,19 @@ def get_state(request: Request) -> AppState:
     return state
 
 
+def get_conn(state: Annotated[AppState, Depends(get_state)]) -> Iterator[psycopg.Connection[Any]]:
+    with state.pool.connection() as conn:
+        yield conn
+
+
 def get_service(state: Annotated[AppState, Depends(get_state)]) -> SearchService:
     return state.service
 
 
 def get_filters(
-    model: Annotated[str | None, Query(description="Model name, exactly.")] = None,
-    sampler: Annotated[str | None, Query(description="Sampler as the front end names it, e.g. 'DPM++ 2M'.")] = None,
+    model: Annotated[SafeStr | None, Query(max_length=500, description="Model name, exactly.")] = None,
+    sampler: Annotated[SafeStr | None, Query(max_length=200,
+                                             description="Sampler as the front end names it, e.g. 'DPM++ 2M'.")] = None,
     width: Annotated[int | None, Query(ge=1, le=65536)] = None,
     height: Annotated[int | None, Query(ge=1, le=65536)] = None,
     min_steps: Annotated[int | None, Query(ge=0, le=10000)] = None,
@@ -32,7 +51,8 @@ def get_filters(
     min_cfg: Annotated[float | None, Query(ge=0, le=100)] = None,
     max_cfg: Annotated[float | None, Query(ge=0, le=100)] = None,
     seed: Annotated[int | None, Query(ge=0, le=2**64 - 1)] = None,
-    source: Annotated[str | None, Query(description="generated, a1111, comfyui, invokeai, novelai, ...")] = None,
+    source: Annotated[SafeStr | None, Query(max_length=100,
+                                            description="generated, a1111, comfyui, invokeai, novelai, ...")] = None,
     since: Annotated[datetime | None, Query(description="ISO 8601 date or time, inclusive.")] = None,
     until: Annotated[datetime | None, Query(description="ISO 8601 date or time, exclusive.")] = None,
 ) -> ImageFilter:
@@ -42,5 +62,6 @@ def get_filters(
 
 
 State = Annotated[AppState, Depends(get_state)]
+Conn = Annotated[psycopg.Connection[Any], Depends(get_conn)]
 Service = Annotated[SearchService, Depends(get_service)]
 Filters = Annotated[ImageFilter, Depends(get_filters)]

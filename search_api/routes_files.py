@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
+from pathlib import Path as FsPath
+from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Header
+from fastapi import APIRouter, Depends, FastAPI, Header, Path
 from fastapi.responses import FileResponse, Response
-from fastapi.staticfiles import StaticFiles
 
 from promptdex.errors import NotFound
 from search_api.deps import Service, State
+from search_api.errors import responses
+from search_api.security import reader
 
-router = APIRouter(tags=["files"])
+router = APIRouter(tags=["files"], dependencies=[Depends(reader)])
 
 _MEDIA = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif", "MPO": "image/jpeg"}
 _CACHE = "public, max-age=31536000, immutable"  # an id's content never changes (content-addressed rows)
 
 
-def _file_response(path: Path, media_type: str, etag: str, if_none_match: str | None) -> Response:
+def _file_response(path: FsPath, media_type: str, etag: str, if_none_match: str | None) -> Response:
     if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
         return Response(status_code=304, headers={"ETag": etag, "Cache-Control": _CACHE})
     if not path.is_file():
@@ -26,19 +27,30 @@ def _file_response(path: Path, media_type: str, etag: str, if_none_match: str | 
     return FileResponse(path, media_type=media_type, headers={"ETag": etag, "Cache-Control": _CACHE})
 
 
-@router.get("/images/{image_id}")
-def image_file(state: State, service: Service, image_id: int,
+def _file_responses(*media: str) -> dict[int | str, dict[str, Any]]:
+    out = responses(404)
+    out[200] = {"description": "The file.", "content": {m: {"schema": {"type": "string", "format": "binary"}}
+                                                        for m in media}}
+    out[304] = {"description": "Not modified (the ETag sent in If-None-Match matches)."}
+    return out
+
+
+ImageId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
+@router.get("/images/{image_id}", response_class=Response, responses=_file_responses(*sorted(set(_MEDIA.values()))))
+def image_file(state: State, service: Service, image_id: ImageId,
                if_none_match: Annotated[str | None, Header()] = None) -> Response:
     image = service.image(image_id)
-    path = Path(image.path)
+    path = FsPath(image.path)
     if not path.is_absolute():
         path = state.settings.images_path / path
     return _file_response(path, _MEDIA.get(image.format.upper(), "application/octet-stream"),
                           f'"{image.sha256}"', if_none_match)
 
 
-@router.get("/thumbs/{image_id}")
-def thumb_file(state: State, service: Service, image_id: int,
+@router.get("/thumbs/{image_id}", response_class=Response, responses=_file_responses("image/webp"))
+def thumb_file(state: State, service: Service, image_id: ImageId,
                if_none_match: Annotated[str | None, Header()] = None) -> Response:
     image = service.image(image_id)
     path = state.engines.thumbnail_path(image.sha256)
@@ -47,12 +59,24 @@ def thumb_file(state: State, service: Service, image_id: int,
     return _file_response(path, "image/webp", f'"t-{image.sha256}"', if_none_match)
 
 
-def mount_frontend(app: FastAPI, folder: Path) -> None:
-    """Serve the web page: `/static/*` files, and index.html for `/` and `/image/{id}`."""
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".webp": "image/webp",
+                ".png": "image/png", ".woff2": "font/woff2"}
+
+
+def mount_frontend(app: FastAPI, folder: FsPath) -> None:
+    """Serve the web page: its assets (by name, from an allow-list of types) at `/static/*`, and index.html."""
     if not (folder / "index.html").is_file():
         return
-    app.mount("/static", StaticFiles(directory=folder), name="static")
     index = folder / "index.html"
+    root = folder.resolve()
+    assets = {p.name: p for p in sorted(root.iterdir()) if p.is_file() and p.suffix in STATIC_TYPES}
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> FileResponse:
+        path = assets.get(name)
+        if path is None:
+            raise NotFound(f"no page asset named {name!r}")
+        return FileResponse(path, media_type=STATIC_TYPES[path.suffix], headers={"Cache-Control": "no-cache"})
 
     @app.get("/", include_in_schema=False)
     def home() -> FileResponse:

@@ -6,14 +6,17 @@ import io
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
+from promptdex import store
+from promptdex.errors import PayloadTooLarge, UnsupportedMedia
 from promptdex.records import Image, ImageFilter
-from search_api.app import PayloadTooLarge, UnsupportedMedia
-from search_api.deps import Filters, Service, State
+from search_api.deps import Conn, Filters, SafeStr, Service, State
+from search_api.errors import responses
 from search_api.reproduce import reproduce_block
 from search_api.schemas import (
+    Facets,
     Health,
     ImageDetail,
     LexicaImage,
@@ -24,9 +27,10 @@ from search_api.schemas import (
     Suggestion,
     SuggestResponse,
 )
+from search_api.security import CurrentUser, reader
 from search_api.service import Hit, Mode, SearchRequest, Sort
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(reader)], responses=responses())
 
 
 def item(image: Image, score: float | None = None) -> SearchItem:
@@ -47,12 +51,12 @@ def items(hits: list[Hit]) -> list[SearchItem]:
 def search(
     service: Service,
     filters: Filters,
-    q: Annotated[str, Query(max_length=1000, description="Words to search for; empty browses newest first.")] = "",
+    q: Annotated[SafeStr, Query(max_length=1000, description="Words to search for; empty browses newest first.")] = "",
     mode: Annotated[Mode, Query(description="hybrid (default), keyword or semantic.")] = Mode.HYBRID,
     sort: Annotated[Sort, Query(description="relevance, newest, oldest or random.")] = Sort.RELEVANCE,
     random_seed: Annotated[int, Query(ge=0, le=2**31 - 1, description="Seed for sort=random.")] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=2000, description="next_cursor of the previous page.")] = None,
+    cursor: Annotated[SafeStr | None, Query(max_length=2000, description="next_cursor of the previous page.")] = None,
 ) -> SearchResponse:
     start = time.perf_counter()
     page = service.search(SearchRequest(q=q, mode=mode, filters=filters, sort=sort, seed=random_seed, limit=limit,
@@ -61,8 +65,8 @@ def search(
                           took_ms=round((time.perf_counter() - start) * 1000, 2))
 
 
-@router.get("/api/images/{image_id}", response_model=ImageDetail, tags=["images"])
-def image_detail(service: Service, image_id: int) -> ImageDetail:
+@router.get("/api/images/{image_id}", response_model=ImageDetail, tags=["images"], responses=responses(404))
+def image_detail(service: Service, image_id: Annotated[int, Path(ge=1, le=2**63 - 1)]) -> ImageDetail:
     image = service.image(image_id)
     base = item(image).model_dump()
     return ImageDetail(
@@ -75,15 +79,16 @@ def image_detail(service: Service, image_id: int) -> ImageDetail:
     )
 
 
-@router.get("/api/images/{image_id}/similar", response_model=SimilarResponse, tags=["images"])
-def similar(service: Service, filters: Filters, image_id: int,
+@router.get("/api/images/{image_id}/similar", response_model=SimilarResponse, tags=["images"],
+            responses=responses(404))
+def similar(service: Service, filters: Filters, image_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
             k: Annotated[int, Query(ge=1, le=200)] = 24) -> SimilarResponse:
     start = time.perf_counter()
     hits = service.similar(image_id, k, filters)
     return SimilarResponse(data=items(hits), took_ms=round((time.perf_counter() - start) * 1000, 2))
 
 
-@router.post("/api/search/image", response_model=SimilarResponse, tags=["search"])
+@router.post("/api/search/image", response_model=SimilarResponse, tags=["search"], responses=responses(415))
 async def search_by_image(
     request: Request,
     state: State,
@@ -103,6 +108,10 @@ async def search_by_image(
     return SimilarResponse(data=items(hits), took_ms=round((time.perf_counter() - start) * 1000, 2))
 
 
+def _bomb(max_pixels: int) -> str:
+    return f"file: the image declares more than {max_pixels} pixels (a decompression bomb?)"
+
+
 def _open_upload(data: bytes, max_pixels: int) -> Any:
     from PIL import Image as PILImage
     from PIL import UnidentifiedImageError
@@ -110,7 +119,9 @@ def _open_upload(data: bytes, max_pixels: int) -> Any:
     try:
         with PILImage.open(io.BytesIO(data)) as probe:
             fmt, (w, h) = probe.format, probe.size
-    except (UnidentifiedImageError, OSError) as exc:
+    except PILImage.DecompressionBombError as exc:
+        raise PayloadTooLarge(_bomb(max_pixels)) from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise UnsupportedMedia("file: not an image; send a PNG, JPEG or WebP image") from exc
     if fmt not in ("PNG", "JPEG", "WEBP", "GIF", "BMP"):
         raise UnsupportedMedia(f"file: {fmt} images are not accepted; send a PNG, JPEG or WebP image")
@@ -119,35 +130,30 @@ def _open_upload(data: bytes, max_pixels: int) -> Any:
     try:
         pil = PILImage.open(io.BytesIO(data))
         pil.load()
-    except (OSError, ValueError) as exc:
-        raise UnsupportedMedia(f"file: the image could not be decoded ({exc})") from exc
+    except PILImage.DecompressionBombError as exc:
+        raise PayloadTooLarge(_bomb(max_pixels)) from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UnsupportedMedia("file: the image could not be decoded (truncated or corrupt)") from exc
     return pil.convert("RGB")
 
 
 @router.get("/api/suggest", response_model=SuggestResponse, tags=["search"])
-def suggest(service: Service, q: Annotated[str, Query(max_length=200)] = "",
+def suggest(service: Service, q: Annotated[SafeStr, Query(max_length=200)] = "",
             limit: Annotated[int, Query(ge=1, le=50)] = 8) -> SuggestResponse:
     if not q.strip():
         return SuggestResponse(data=[])
     return SuggestResponse(data=[Suggestion(text=t, score=s) for t, s in service.suggest(q, limit)])
 
 
-@router.get("/api/facets", tags=["search"])
-def facets(state: State) -> dict[str, Any]:
+@router.get("/api/facets", response_model=Facets, tags=["search"])
+def facets(conn: Conn) -> Facets:
     """Distinct models, samplers and sizes, for filter menus."""
-    with state.pool.connection() as conn:
-        models = [r["model"] for r in conn.execute(
-            "SELECT model FROM images WHERE model IS NOT NULL GROUP BY model ORDER BY count(*) DESC LIMIT 200")]
-        samplers = [r["sampler"] for r in conn.execute(
-            "SELECT sampler FROM images WHERE sampler IS NOT NULL GROUP BY sampler ORDER BY count(*) DESC LIMIT 100")]
-        sizes = [[r["width"], r["height"]] for r in conn.execute(
-            "SELECT width, height FROM images GROUP BY width, height ORDER BY count(*) DESC LIMIT 50")]
-    return {"models": models, "samplers": samplers, "sizes": sizes}
+    return Facets(**store.facets(conn))
 
 
 @router.get("/api/v1/search", response_model=LexicaResponse, tags=["lexica"])
 def lexica_search(request: Request, service: Service,
-                  q: Annotated[str, Query(max_length=1000, description="Prompt words, as Lexica takes them.")] = ""
+                  q: Annotated[SafeStr, Query(max_length=1000, description="Prompt words, as Lexica takes them.")] = ""
                   ) -> LexicaResponse:
     """Lexica's public API shape (`{images: [...]}`, 50 results), so existing Lexica clients work unchanged."""
     page = service.search(SearchRequest(q=q, limit=50))
@@ -165,15 +171,23 @@ def lexica_search(request: Request, service: Service,
 
 
 @router.get("/api/health", response_model=Health, tags=["meta"])
-def health(state: State) -> Health:
-    database: dict[str, Any] = {"server": state.database.kind, "location": state.database.display}
+def health(state: State, caller: CurrentUser) -> Health:
+    """Database, bundles and models. Only admins see where things live and the error texts."""
+    detailed = caller.is_admin
+    database: dict[str, Any] = {"server": state.database.kind}
+    if detailed:
+        database["location"] = state.database.display
     try:
         with state.pool.connection() as conn:
             row = conn.execute("SELECT count(*) AS n FROM images").fetchone()
         database.update(ok=True, images=int(row["n"]) if row else 0)
     except Exception as exc:  # noqa: BLE001 - health reports, never raises
-        database.update(ok=False, error=str(exc))
+        database.update(ok=False, error=str(exc) if detailed else "the database is not reachable")
     bundles = state.engines.bundles_health()
     ok = database.get("ok") and all(b.get("ok") for b in bundles.values())
+    if not detailed:
+        for report in bundles.values():
+            if "error" in report:
+                report["error"] = "not available"
     return Health(status="ok" if ok else "degraded", database=database, bundles=bundles,
                   models=state.engines.models_health())

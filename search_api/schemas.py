@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class SearchItem(BaseModel):
@@ -97,20 +97,28 @@ class LexicaResponse(BaseModel):
     images: list[LexicaImage]
 
 
+class Facets(BaseModel):
+    models: list[str]
+    samplers: list[str]
+    sizes: list[list[int]]
+
+
 class JobCreate(BaseModel):
     """Reproduce an image, or make variations of it with new seeds."""
 
+    model_config = ConfigDict(strict=True, extra="forbid")
+
     kind: Literal["reproduce", "variations"]
-    image_id: int = Field(ge=1)
+    image_id: int = Field(ge=1, le=2**63 - 1)
     count: int = Field(1, ge=1, le=16, description="How many variations (variations only).")
 
 
 class JobsCreated(BaseModel):
-    job_ids: list[int]
+    job_ids: list[str] = Field(description="Opaque job ids, for GET /api/jobs/{id}.")
 
 
 class JobOut(BaseModel):
-    id: int
+    id: str = Field(description="The job's opaque id.")
     kind: str
     status: str
     attempts: int
@@ -119,6 +127,32 @@ class JobOut(BaseModel):
     payload: dict[str, Any]
     created_at: datetime
     finished_at: datetime | None
+
+
+class JobList(BaseModel):
+    data: list[JobOut]
+    count: int
+
+
+class UserOut(BaseModel):
+    name: str
+    role: str
+
+
+class Me(BaseModel):
+    """Who the caller is, what anonymous callers may do here, and the CSRF token a signed-in page sends."""
+
+    user: UserOut | None
+    via: Literal["token", "session", "anonymous"]
+    anonymous: Literal["none", "read", "create"]
+    csrf_token: str | None = Field(description="Send as X-CSRF-Token with every state-changing request.")
+
+
+class Login(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
 
 
 class Health(BaseModel):

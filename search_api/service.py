@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import logging
 from collections.abc import Sequence
@@ -71,20 +72,46 @@ class SearchPage:
     next_cursor: str | None
 
 
-def encode_cursor(data: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode()).decode().rstrip("=")
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, fingerprint: str) -> dict[str, Any]:
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode((text + "=" * (-len(text) % 4)).encode())
+
+
+def encode_cursor(data: dict[str, Any], secret: bytes) -> str:
+    """An opaque page cursor: its JSON, signed with the server secret (HMAC-SHA256) so it cannot be forged."""
+    body = _b64(json.dumps(data, separators=(",", ":")).encode())
+    return body + "." + _b64(hmac.new(secret, body.encode(), hashlib.sha256).digest()[:18])
+
+
+_NOT_OURS = "cursor: not a cursor this API returned (pass next_cursor unchanged)"
+
+
+def decode_cursor(cursor: str, fingerprint: str, secret: bytes) -> dict[str, Any]:
+    """The cursor's fields after checking its signature, its query and every field's type and range."""
+    body, _, signature = cursor.partition(".")
     try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if not isinstance(data, dict):
-            raise ValueError("not an object")
-    except (ValueError, TypeError) as exc:
-        raise InvalidInput("cursor: not a cursor this API returned (pass next_cursor unchanged)") from exc
+        expected = _b64(hmac.new(secret, body.encode(), hashlib.sha256).digest()[:18])
+        if not signature or not hmac.compare_digest(signature.encode(), expected.encode()):
+            raise InvalidInput(_NOT_OURS)
+        data = json.loads(_unb64(body))
+    except (ValueError, TypeError, UnicodeError) as exc:
+        raise InvalidInput(_NOT_OURS) from exc
+    if not isinstance(data, dict):
+        raise InvalidInput(_NOT_OURS)
     if data.get("f") != fingerprint:
         raise InvalidInput("cursor: it belongs to another query; pass it only with the same q, mode, filters and sort")
+    for name in ("o", "m", "i"):
+        value = data.get(name)
+        if name in data and (type(value) is not int or not 0 <= value <= 2**63 - 1):
+            raise InvalidInput(_NOT_OURS)
+    if "c" in data:
+        try:
+            datetime.fromisoformat(str(data["c"]))
+        except ValueError as exc:
+            raise InvalidInput(_NOT_OURS) from exc
     return data
 
 
@@ -100,9 +127,10 @@ def rrf(rankings: Sequence[Sequence[int]], k: int = RRF_K) -> list[tuple[int, fl
 class SearchService:
     """Answers searches from the corpus (PostgreSQL), the keyword index and the FAISS bundles."""
 
-    def __init__(self, *, pool: ConnectionPool[Any], engines: Engines) -> None:
+    def __init__(self, *, pool: ConnectionPool[Any], engines: Engines, secret: bytes) -> None:
         self.pool = pool
         self.engines = engines
+        self.secret = secret
 
     # -- SQL helpers ----------------------------------------------------------------------------
 
@@ -194,7 +222,7 @@ class SearchService:
         if not req.q.strip() and req.sort in (Sort.RELEVANCE, Sort.NEWEST, Sort.OLDEST):
             return self._browse(req)
         fp = req.fingerprint()
-        state = decode_cursor(req.cursor, fp) if req.cursor else {}
+        state = decode_cursor(req.cursor, fp, self.secret) if req.cursor else {}
         offset = int(state.get("o", 0))
         max_id = int(state.get("m", 0)) or self._max_id()
         if offset > MAX_OFFSET:
@@ -210,7 +238,7 @@ class SearchService:
         images = self._hydrate([i for i, _ in page])
         hits = [Hit(images[i], s) for i, s in page if i in images]
         more = len(ranked) > offset + req.limit
-        cursor = encode_cursor({"f": fp, "o": offset + req.limit, "m": max_id}) if more else None
+        cursor = encode_cursor({"f": fp, "o": offset + req.limit, "m": max_id}, self.secret) if more else None
         return SearchPage(hits, cursor)
 
     def _all_ids(self, filters: ImageFilter, max_id: int) -> list[int]:
@@ -261,7 +289,9 @@ class SearchService:
         fp = req.fingerprint()
         after = None
         if req.cursor:
-            state = decode_cursor(req.cursor, fp)
+            state = decode_cursor(req.cursor, fp, self.secret)
+            if "c" not in state or "i" not in state:
+                raise InvalidInput(_NOT_OURS)
             after = (datetime.fromisoformat(state["c"]), int(state["i"]))
         order: store.Order = "oldest" if req.sort is Sort.OLDEST else "newest"
         with self.pool.connection() as conn:
@@ -270,7 +300,7 @@ class SearchService:
         cursor = None
         if len(images) > req.limit:
             last = page[-1]
-            cursor = encode_cursor({"f": fp, "c": last.created_at.isoformat(), "i": last.id})
+            cursor = encode_cursor({"f": fp, "c": last.created_at.isoformat(), "i": last.id}, self.secret)
         return SearchPage([Hit(im, None) for im in page], cursor)
 
     def image(self, image_id: int) -> Image:

@@ -23,6 +23,7 @@ from tests.integration.api_corpus import Corpus, build_corpus
 
 pytestmark = pytest.mark.integration
 
+BASE = "http://localhost"  # a Host name the API answers by default
 ITEM_KEYS = {"id", "url", "thumb_url", "prompt", "negative_prompt", "seed", "steps", "cfg", "sampler", "scheduler",
              "model", "model_hash", "width", "height", "source", "created_at", "score"}
 
@@ -34,13 +35,29 @@ def corpus(pg_server_url: str, metadata_fixtures: Path) -> Iterator[Corpus]:
 
 
 def settings_for(corpus: Corpus, **overrides: Any) -> Any:
-    return get_settings(data_dir=corpus.data_dir, database_url=corpus.database_url, models="tiny", **overrides)
+    """Test settings; read rates are high: these tests are not about rate limits (test_api_security is)."""
+    api = {"rate_burst": 10_000, "rate_sustained": 100_000, **overrides.pop("api", {})}
+    return get_settings(data_dir=corpus.data_dir, database_url=corpus.database_url, models="tiny", api=api,
+                        **overrides)
 
 
 @pytest.fixture(scope="module")
 def client(corpus: Corpus) -> Iterator[TestClient]:
-    with TestClient(create_app(settings_for(corpus))) as test_client:
+    with TestClient(create_app(settings_for(corpus)), base_url=BASE) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="module")
+def creator(corpus: Corpus) -> dict[str, str]:
+    """Authorization headers of a creator (queuing jobs needs that role)."""
+    import psycopg
+
+    from promptdex import accounts
+
+    with psycopg.connect(corpus.database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
+        accounts.add_user(conn, name="maker", role=accounts.Role.CREATOR, password="maker-password")
+        _, token = accounts.create_token(conn, name="maker")
+    return {"Authorization": f"Bearer {token}"}
 
 
 def search(client: TestClient, **params: Any) -> dict[str, Any]:
@@ -227,15 +244,17 @@ def test_files_have_types_etags_and_cache_headers(client: TestClient, corpus: Co
     assert Image.open(io.BytesIO(thumb.content)).format == "WEBP"
 
 
-def test_jobs_are_queued_and_a_worker_runs_them(client: TestClient, corpus: Corpus) -> None:
+def test_jobs_are_queued_and_a_worker_runs_them(client: TestClient, corpus: Corpus,
+                                                 creator: dict[str, str]) -> None:
     image_id = corpus.generated_ids[2]
-    created = client.post("/api/jobs", json={"kind": "variations", "image_id": image_id, "count": 2})
+    created = client.post("/api/jobs", json={"kind": "variations", "image_id": image_id, "count": 2},
+                          headers=creator)
     assert created.status_code == 201, created.text
     (job_id,) = created.json()["job_ids"]
-    assert client.get(f"/api/jobs/{job_id}").json()["status"] == "queued"
+    assert client.get(f"/api/jobs/{job_id}", headers=creator).json()["status"] == "queued"
     worker = run_cli("worker", "--once", cwd=corpus.data_dir.parent, env=corpus.env, timeout=600)
     assert worker.returncode == 0, worker.stderr
-    job = client.get(f"/api/jobs/{job_id}").json()
+    job = client.get(f"/api/jobs/{job_id}", headers=creator).json()
     assert job["status"] == "done" and len(job["image_ids"]) == 2
     original = client.get(f"/api/images/{image_id}").json()
     for new_id in job["image_ids"]:
@@ -253,7 +272,7 @@ BAD_REQUESTS = [
     ("get", "/api/images/999999", {}, 404, "999999"),
     ("get", "/api/images/abc", {}, 422, "image_id"),
     ("get", "/api/images/999999/similar", {}, 404, "999999"),
-    ("get", "/api/jobs/999999", {}, 404, "999999"),
+    ("get", "/api/jobs/0123456789abcdef0123456789abcdef", {}, 404, "0123456789abcdef"),
     ("get", "/images/999999", {}, 404, "999999"),
     ("get", "/thumbs/999999", {}, 404, "999999"),
 ]
@@ -273,9 +292,9 @@ def test_cursor_of_another_query_is_refused(client: TestClient) -> None:
     assert response.status_code == 422 and "cursor" in response.json()["detail"]
 
 
-def test_bad_jobs(client: TestClient) -> None:
-    assert client.post("/api/jobs", json={"kind": "reproduce", "image_id": 999999}).status_code == 404
-    response = client.post("/api/jobs", json={"kind": "explode", "image_id": 1})
+def test_bad_jobs(client: TestClient, creator: dict[str, str]) -> None:
+    assert client.post("/api/jobs", json={"kind": "reproduce", "image_id": 999999}, headers=creator).status_code == 404
+    response = client.post("/api/jobs", json={"kind": "explode", "image_id": 1}, headers=creator)
     assert response.status_code == 422 and "kind" in response.json()["detail"]
 
 
@@ -284,8 +303,8 @@ def test_upload_limits(corpus: Corpus, client: TestClient) -> None:
     assert not_image.status_code == 415 and "not an image" in not_image.json()["detail"]
     empty = client.post("/api/search/image", files={"file": ("a.png", b"", "image/png")})
     assert empty.status_code == 415
-    with TestClient(create_app(settings_for(corpus, api={"max_upload_bytes": 1000,
-                                                        "max_upload_pixels": 100}))) as small:
+    with TestClient(create_app(settings_for(corpus, api={"max_upload_bytes": 1000, "max_upload_pixels": 100})),
+                    base_url=BASE) as small:
         big = small.post("/api/search/image", files={"file": ("a.png", png_bytes(size=(600, 600)), "image/png")})
         assert big.status_code == 413 and "1000 bytes" in big.json()["detail"]
         many = small.post("/api/search/image", files={"file": ("a.png", png_bytes(size=(20, 20)), "image/png")})
@@ -294,7 +313,7 @@ def test_upload_limits(corpus: Corpus, client: TestClient) -> None:
 
 def test_missing_index_is_503_naming_the_command(corpus: Corpus, tmp_path: Path) -> None:
     settings = settings_for(corpus, indexes_dir=tmp_path / "no-indexes")
-    with TestClient(create_app(settings)) as fresh:
+    with TestClient(create_app(settings), base_url=BASE) as fresh:
         response = fresh.get("/api/search", params={"q": "fox", "mode": "semantic"})
         assert response.status_code == 503 and "promptdex index" in response.json()["detail"]
         health = fresh.get("/api/health").json()
