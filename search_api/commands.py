@@ -11,6 +11,7 @@ from promptdex.cli import out
 from promptdex.db import open_database
 from promptdex.errors import ConfigError
 from promptdex.settings import AnonymousAccess, Settings
+from search_api.middleware import split_list
 
 
 def register(sub: Any) -> None:
@@ -32,9 +33,15 @@ def is_loopback(host: str) -> bool:
 def prepare(settings: Settings, host: str, port: int) -> str | None:
     """Check the settings fit the address; on loopback make a one-time sign-in link for the local admin."""
     loopback = is_loopback(host)
-    if not loopback and settings.api.anonymous is AnonymousAccess.CREATE:
-        raise ConfigError(f"PROMPTDEX_API__ANONYMOUS=create lets anyone who reaches {host} queue generation work; "
-                          "set it to read or none to serve on a non-loopback address")
+    if settings.api.anonymous is AnonymousAccess.CREATE:
+        if not loopback:
+            raise ConfigError(f"PROMPTDEX_API__ANONYMOUS=create lets anyone who reaches {host} queue generation "
+                              "work; set it to read or none to serve on a non-loopback address")
+        public = [h for h in split_list(settings.api.allowed_hosts) if not is_loopback(h)]
+        if public:
+            raise ConfigError(f"PROMPTDEX_API__ANONYMOUS=create with PROMPTDEX_API__ALLOWED_HOSTS naming "
+                              f"{', '.join(public)} (reached through a proxy?) lets anyone queue generation work; "
+                              "set PROMPTDEX_API__ANONYMOUS to read or none")
     db = open_database(settings)
     try:
         with db.connect(autocommit=True) as conn:

@@ -218,6 +218,10 @@ def test_serve_refuses_public_addresses_it_cannot_protect(small: Small, tmp_path
                                                           pg_server_url: str) -> None:
     with pytest.raises(ConfigError, match="PROMPTDEX_API__ANONYMOUS=create"):
         prepare(settings_for(small, anonymous="create"), "0.0.0.0", 8000)
+    with pytest.raises(ConfigError, match="PROMPTDEX_API__ALLOWED_HOSTS naming images.example.org"):
+        prepare(settings_for(small, anonymous="create", allowed_hosts="localhost,images.example.org"),
+                "127.0.0.1", 8000)
+    assert prepare(settings_for(small, anonymous="create"), "127.0.0.1", 8000)  # loopback only: allowed
     empty = get_settings(data_dir=tmp_path / "data", database_url=create_database(pg_server_url))
     with pytest.raises(ConfigError, match="no admin user.*promptdex user add NAME --role admin"):
         prepare(empty, "0.0.0.0", 8000)
@@ -436,3 +440,13 @@ def test_openapi_declares_security_errors_and_media_types(client: TestClient) ->
         assert set(content) <= {"image/png", "image/jpeg", "image/webp", "image/gif"} and "image/webp" in content
     assert {} in doc["paths"]["/api/search"]["get"]["security"]  # anonymous reads are allowed
     assert {} not in doc["paths"]["/api/jobs"]["post"]["security"]
+
+
+def test_anonymous_create_lets_a_loopback_caller_queue_and_follow_a_job(small: Small) -> None:
+    clear_jobs(small)
+    with TestClient(create_app(settings_for(small, anonymous="create")), base_url=BASE) as api:
+        created = api.post("/api/jobs", json=variations(small))
+        assert created.status_code == 201, created.text
+        (job_id,) = created.json()["job_ids"]
+        assert api.get(f"/api/jobs/{job_id}").json()["status"] == "queued"
+        assert {} in api.get("/openapi.json").json()["paths"]["/api/jobs"]["post"]["security"]
