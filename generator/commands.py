@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from promptdex.cli import out
+from promptdex.console import out
 from promptdex.errors import InvalidInput
 from promptdex.settings import Settings
 

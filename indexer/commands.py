@@ -7,7 +7,7 @@ import json
 from contextlib import nullcontext
 from typing import Any
 
-from promptdex.cli import out
+from promptdex.console import out
 from promptdex.settings import Settings
 
 

@@ -83,8 +83,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"promptdex: error: {type(exc).__name__}: {exc} (run with --debug for the trace)\n")
         return 1
 
-
-def out(text: str = "") -> None:
-    """Write a line of a command's result to stdout."""
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()

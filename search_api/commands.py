@@ -7,7 +7,7 @@ import ipaddress
 from typing import Any
 
 from promptdex import accounts
-from promptdex.cli import out
+from promptdex.console import out
 from promptdex.db import open_database
 from promptdex.errors import ConfigError
 from promptdex.settings import AnonymousAccess, Settings

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any
 
 import psycopg
 from fastapi import Depends, Query, Request
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
 
 from promptdex.records import ImageFilter
 from search_api.service import SearchService
@@ -23,6 +24,17 @@ def _storable(value: str) -> str:
 
 
 SafeStr = Annotated[str, AfterValidator(_storable)]
+_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def _iso_only(value: Any) -> Any:
+    """A date or time as ISO 8601 text; a bare number (pydantic would read it as a Unix time) is refused."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        raise ValueError("give an ISO 8601 date or time, e.g. 2026-01-31 or 2026-01-31T12:00:00Z")
+    return value
+
+
+IsoDatetime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 
 def get_state(request: Request) -> AppState:
@@ -53,8 +65,8 @@ def get_filters(
     seed: Annotated[int | None, Query(ge=0, le=2**64 - 1)] = None,
     source: Annotated[SafeStr | None, Query(max_length=100,
                                             description="generated, a1111, comfyui, invokeai, novelai, ...")] = None,
-    since: Annotated[datetime | None, Query(description="ISO 8601 date or time, inclusive.")] = None,
-    until: Annotated[datetime | None, Query(description="ISO 8601 date or time, exclusive.")] = None,
+    since: Annotated[IsoDatetime | None, Query(description="ISO 8601 date or time, inclusive.")] = None,
+    until: Annotated[IsoDatetime | None, Query(description="ISO 8601 date or time, exclusive.")] = None,
 ) -> ImageFilter:
     return ImageFilter(model=model, sampler=sampler, width=width, height=height, min_steps=min_steps,
                        max_steps=max_steps, min_cfg=min_cfg, max_cfg=max_cfg, seed=seed, source=source,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -105,10 +106,15 @@ def install(app: FastAPI) -> None:
         return _error(422, "; ".join(problems) or "invalid request", errors=errors)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         headers = dict(exc.headers or {})
         if exc.status_code == 413:
             headers["Connection"] = "close"  # the rest of the body is not read
+        if exc.status_code == 405:
+            # Starlette names only the methods of the first route on the path; list every route's
+            methods = _methods_of(app, request.url.path)
+            if methods:
+                headers["Allow"] = ", ".join(methods)
         return _error(exc.status_code, str(exc.detail), headers)
 
     @app.exception_handler(Exception)
@@ -116,6 +122,16 @@ def install(app: FastAPI) -> None:
         logger.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
         return _error(500, "internal error: the server could not answer this request (it was logged)",
                       {"Connection": "close"})
+
+
+def _methods_of(app: FastAPI, path: str) -> list[str]:
+    """The methods the OpenAPI document gives the path (templated paths matched segment by segment)."""
+    found: set[str] = set()
+    for template, operations in app.openapi().get("paths", {}).items():
+        pattern = "^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)) + "$"
+        if re.match(pattern, path):
+            found.update(method.upper() for method in operations)
+    return sorted(found)
 
 
 def _domain_handler(status: int) -> Any:

@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, Response
 from promptdex.errors import NotFound
 from search_api.deps import Service, State
 from search_api.errors import responses
+from search_api.schemas import MAX_ID
 from search_api.security import reader
 
 router = APIRouter(tags=["files"], dependencies=[Depends(reader)])
@@ -35,7 +36,7 @@ def _file_responses(*media: str) -> dict[int | str, dict[str, Any]]:
     return out
 
 
-ImageId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+ImageId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 @router.get("/images/{image_id}", response_class=Response, responses=_file_responses(*sorted(set(_MEDIA.values()))))

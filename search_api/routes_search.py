@@ -16,6 +16,7 @@ from search_api.deps import Conn, Filters, SafeStr, Service, State
 from search_api.errors import responses
 from search_api.reproduce import reproduce_block
 from search_api.schemas import (
+    MAX_ID,
     Facets,
     Health,
     ImageDetail,
@@ -66,7 +67,7 @@ def search(
 
 
 @router.get("/api/images/{image_id}", response_model=ImageDetail, tags=["images"], responses=responses(404))
-def image_detail(service: Service, image_id: Annotated[int, Path(ge=1, le=2**63 - 1)]) -> ImageDetail:
+def image_detail(service: Service, image_id: Annotated[int, Path(ge=1, le=MAX_ID)]) -> ImageDetail:
     image = service.image(image_id)
     base = item(image).model_dump()
     return ImageDetail(
@@ -81,7 +82,7 @@ def image_detail(service: Service, image_id: Annotated[int, Path(ge=1, le=2**63 
 
 @router.get("/api/images/{image_id}/similar", response_model=SimilarResponse, tags=["images"],
             responses=responses(404))
-def similar(service: Service, filters: Filters, image_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
+def similar(service: Service, filters: Filters, image_id: Annotated[int, Path(ge=1, le=MAX_ID)],
             k: Annotated[int, Query(ge=1, le=200)] = 24) -> SimilarResponse:
     start = time.perf_counter()
     hits = service.similar(image_id, k, filters)

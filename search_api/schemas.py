@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+MAX_ID = 2**53 - 1  # ids stay exact in JSON numbers everywhere (JavaScript, float parsers)
+
+
+def _number_only(value: Any) -> Any:
+    """No coercion of `true` or `"5"` into a number (JSON Schema's integer 5.0 is still 5)."""
+    if isinstance(value, bool | str | bytes):
+        raise ValueError("must be a JSON number, not a string or a boolean")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_number_only)]
 
 
 class SearchItem(BaseModel):
@@ -106,11 +118,11 @@ class Facets(BaseModel):
 class JobCreate(BaseModel):
     """Reproduce an image, or make variations of it with new seeds."""
 
-    model_config = ConfigDict(strict=True, extra="forbid")
+    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["reproduce", "variations"]
-    image_id: int = Field(ge=1, le=2**63 - 1)
-    count: int = Field(1, ge=1, le=16, description="How many variations (variations only).")
+    image_id: JsonInt = Field(ge=1, le=MAX_ID)
+    count: JsonInt = Field(1, ge=1, le=16, description="How many variations (variations only).")
 
 
 class JobsCreated(BaseModel):
@@ -149,7 +161,7 @@ class Me(BaseModel):
 
 
 class Login(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
+    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=1024)

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from promptdex.cli import out
+from promptdex.console import out
 from promptdex.db import code_schema_version, migrate_schema, open_database, schema_version
 from promptdex.settings import Settings
 from promptdex.store import count_rows

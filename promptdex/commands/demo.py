@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from promptdex.cli import out
+from promptdex.console import out
 from promptdex.db import open_database
 from promptdex.errors import PromptdexError
 from promptdex.settings import ModelsMode, Settings

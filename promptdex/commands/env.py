@@ -11,7 +11,7 @@ import platform
 import subprocess
 from typing import Any
 
-from promptdex.cli import out
+from promptdex.console import out
 from promptdex.settings import Settings
 from promptdex.versions import package_versions
 

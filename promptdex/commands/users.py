@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from promptdex import accounts
-from promptdex.cli import out
+from promptdex.console import out
 from promptdex.db import open_database
 from promptdex.errors import InvalidInput
 from promptdex.settings import Settings
