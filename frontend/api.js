@@ -1,4 +1,12 @@
 // api.js — the search API's endpoints as functions; errors carry the server's `detail` text.
+//
+// A signed-in browser sends the CSRF token (the readable promptdex_csrf cookie) with every state-changing
+// request. A 401 from anything but the sign-in endpoints fires "promptdex:unauthorized" on window, so the
+// page can check whether its session ended or the instance is private.
+
+const CSRF_COOKIE = "promptdex_csrf";
+const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
+let csrfFallback = null; // the csrf_token of /api/auth/me or login, for when the cookie cannot be read
 
 export class ApiError extends Error {
   constructor(status, detail) {
@@ -24,14 +32,33 @@ function detailText(body, response) {
   return `${response.status} ${response.statusText || "error"}`.trim();
 }
 
-async function request(path, { params, method = "GET", json, form, signal } = {}) {
+function readCookie(name) {
+  for (const part of document.cookie.split(";")) {
+    const [key, ...rest] = part.trim().split("=");
+    if (key === name) return decodeURIComponent(rest.join("="));
+  }
+  return null;
+}
+
+/** The token for X-CSRF-Token: the cookie when there is one (it follows sign-in and sign-out in other tabs). */
+function csrfToken() {
+  return readCookie(CSRF_COOKIE) || csrfFallback;
+}
+
+export function setCsrfToken(token) {
+  csrfFallback = token || null;
+}
+
+async function request(path, { params, method = "GET", json, form, signal, quiet401 = false } = {}) {
   const url = new URL(path, window.location.origin);
   if (params) {
     for (const [key, value] of Object.entries(params)) {
       if (value !== "" && value != null) url.searchParams.set(key, String(value));
     }
   }
-  const init = { method, signal, headers: { Accept: "application/json" } };
+  const init = { method, signal, headers: { Accept: "application/json" }, credentials: "same-origin" };
+  const csrf = SAFE_METHODS.has(method) ? null : csrfToken();
+  if (csrf) init.headers["X-CSRF-Token"] = csrf;
   if (json !== undefined) {
     init.body = JSON.stringify(json);
     init.headers["Content-Type"] = "application/json";
@@ -54,7 +81,11 @@ async function request(path, { params, method = "GET", json, form, signal } = {}
       body = null;
     }
   }
-  if (!response.ok) throw new ApiError(response.status, detailText(body, response));
+  if (!response.ok) {
+    const error = new ApiError(response.status, detailText(body, response));
+    if (response.status === 401 && !quiet401) window.dispatchEvent(new CustomEvent("promptdex:unauthorized", { detail: error }));
+    throw error;
+  }
   return body;
 }
 
@@ -70,7 +101,10 @@ export const api = {
   },
   createJobs: (kind, imageId, count) =>
     request("/api/jobs", { method: "POST", json: { kind, image_id: Number(imageId), count } }),
-  job: (id, signal) => request(`/api/jobs/${encodeURIComponent(id)}`, { signal }),
+  job: (id, signal) => request(`/api/jobs/${encodeURIComponent(String(id))}`, { signal }), // ids are opaque strings
+  me: () => request("/api/auth/me", { quiet401: true }),
+  login: (name, password) => request("/api/auth/login", { method: "POST", json: { name, password }, quiet401: true }),
+  logout: () => request("/api/auth/logout", { method: "POST", quiet401: true }),
   facets: () => request("/api/facets"),
   health: () => request("/api/health"),
 };

@@ -1,6 +1,7 @@
 // app.js — the page: search flow, infinite scroll, routing between the grid and /image/{id}, keyboard.
 
 import { api } from "./api.js";
+import { Account } from "./auth.js";
 import {
   activeFilterCount, apiParams, fillFacets, queryString, readControls, readOptions, renderFilterBadge, writeControls,
 } from "./controls.js";
@@ -23,6 +24,7 @@ const state = {
   controller: null,
   imageQuery: null, // {name, url} while results come from an uploaded image
   opener: null, // the card that opened the detail view (focus returns there)
+  started: false, // the first /api/auth/me has answered
 };
 
 const grid = new Masonry($("#results"), { onOpen: (id) => openImage(id, "push") });
@@ -34,6 +36,7 @@ const detail = new DetailView({
 const input = $("#q");
 const suggestions = new Suggestions(input, $("#suggestions"), () => runSearch());
 const typed = debounce(() => runSearch(), TYPE_DEBOUNCE_MS);
+const account = new Account({ onChange: () => accountChanged() });
 
 // ---------------------------------------------------------------- states and status
 
@@ -88,6 +91,48 @@ function showError(error, action) {
   setStatus("");
 }
 
+/** A private instance and nobody signed in: no results, the sign-in form instead. */
+function showPrivate() {
+  const box = $("#state");
+  if (!box.hidden && box.dataset.kind === "private" && box.contains($("#signin-form"))) return;
+  state.controller?.abort();
+  state.controller = null;
+  if (detail.id !== null) closeDetail(); // the URL stays: the image opens once signed in
+  if (state.imageQuery) clearImageQuery({ search: false });
+  clearResults();
+  showState("private", "This promptdex is private: sign in", "Sign in with your promptdex account to search its images.");
+  account.embedForm($("#state"));
+  announce("This promptdex is private: sign in");
+}
+
+/** A 401: when it is because the instance is private (or the session ended there), show the sign-in state. */
+async function privateAfter(error) {
+  if (error.status !== 401) return false;
+  await account.refresh();
+  if (!account.mustSignIn) return false;
+  showPrivate();
+  return true;
+}
+
+function jobHint() {
+  if (account.canCreate) return "";
+  const role = account.user ? account.user.role : null;
+  return role ? `You are signed in as a ${role}. Sign in as a creator to queue jobs.` : "Sign in as a creator to queue jobs.";
+}
+
+function accountChanged() {
+  detail.setJobAccess(account.canCreate, jobHint());
+  if (!state.started) return;
+  detail.jobs.reset(); // another user's jobs are not ours to follow
+  if (account.mustSignIn) {
+    showPrivate();
+    return;
+  }
+  loadSideInfo(); // a private instance held these back until sign-in
+  runSearch();
+  route();
+}
+
 // ---------------------------------------------------------------- searching
 
 function syncUrl() {
@@ -109,6 +154,19 @@ function beginLoading() {
   }
   $("#results").setAttribute("aria-busy", "true");
   return state.controller.signal;
+}
+
+function clearResults() {
+  grid.clear();
+  state.items = [];
+  state.cursor = null;
+  state.loadingMore = false;
+  $("#results").classList.remove("stale");
+  $("#results").removeAttribute("aria-busy");
+  $("#more").hidden = true;
+  $("#end").hidden = true;
+  setStatus("");
+  rearmSentinel();
 }
 
 function showResults(items, cursor, tookMs) {
@@ -136,6 +194,10 @@ async function runSearch() {
   renderFilterBadge(state.options);
   syncUrl();
   document.title = state.options.q.trim() ? `${state.options.q.trim()} · promptdex` : "promptdex";
+  if (account.mustSignIn) {
+    showPrivate();
+    return;
+  }
   const signal = beginLoading();
   try {
     const result = await api.search(apiParams(state.options), signal);
@@ -143,11 +205,8 @@ async function runSearch() {
     showResults(result.data || [], result.next_cursor || null, result.took_ms);
   } catch (error) {
     if (isAbort(error) || signal.aborted) return;
-    grid.clear();
-    state.items = [];
-    state.cursor = null;
-    $("#results").classList.remove("stale");
-    $("#results").removeAttribute("aria-busy");
+    clearResults();
+    if ((await privateAfter(error)) || signal.aborted) return;
     showError(error, { label: "Try again", run: runSearch });
   }
 }
@@ -206,6 +265,7 @@ async function searchByImage(file) {
     showError({ detail: `“${file.name}” is not an image (${file.type}). Use a PNG, JPEG or WebP file.` });
     return;
   }
+  if (account.mustSignIn) return;
   if (detail.isOpen) requestClose();
   typed.cancel();
   suggestions.cancel();
@@ -222,11 +282,8 @@ async function searchByImage(file) {
     showResults(result.data || [], null, result.took_ms);
   } catch (error) {
     if (isAbort(error) || signal.aborted) return;
-    grid.clear();
-    state.items = [];
-    state.cursor = null;
-    $("#results").classList.remove("stale");
-    $("#results").removeAttribute("aria-busy");
+    clearResults();
+    if ((await privateAfter(error)) || signal.aborted) return;
     // 413 (too large) and 415 (not an image) say why; retrying the same file would not help
     showError(error, { label: "Clear image search", run: () => clearImageQuery() });
   }
@@ -334,7 +391,7 @@ function setupControls() {
     runSearch();
   });
   input.addEventListener("input", () => {
-    suggestions.update(input.value);
+    if (!account.mustSignIn) suggestions.update(input.value);
     typed();
   });
   input.addEventListener("keydown", (event) => {
@@ -396,11 +453,17 @@ async function loadSideInfo() {
   }
 }
 
-function start() {
+async function start() {
   if ("scrollRestoration" in window.history) window.history.scrollRestoration = "manual";
   if (window.matchMedia("(max-width: 640px)").matches) input.placeholder = "Search prompts…";
   writeControls(state.options);
   setupControls();
+  await account.refresh(); // first: a private instance answers 401 to everything else
+  state.started = true;
+  if (account.mustSignIn) {
+    showPrivate();
+    return;
+  }
   loadSideInfo();
   runSearch();
   route();

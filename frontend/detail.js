@@ -35,7 +35,8 @@ export class DetailView {
     this.status = $("#detail-status");
     this.similarGrid = new Masonry($("#similar-grid"), { onOpen: (id) => hooks.onOpenImage(id), caption: false });
     this.similarState = $("#similar-state");
-    this.jobs = new JobPanel($("#job-list"));
+    this.jobAccess = { allowed: false, hint: "" };
+    this.jobs = new JobPanel($("#job-list"), () => this.jobButtonsEnabled());
     this.current = null; // the record shown (list item, then the full detail)
     this.controller = null;
     this.id = null;
@@ -118,6 +119,26 @@ export class DetailView {
     this.similarGrid.clear();
     if (this.isOpen) this.dialog.close();
     document.body.classList.remove("modal-open");
+  }
+
+  /** Whether the caller may queue jobs, and the hint that says why not (shown under the disabled buttons). */
+  setJobAccess(allowed, hint) {
+    this.jobAccess = { allowed, hint: allowed ? "" : hint };
+    const element = $("#job-hint");
+    element.textContent = this.jobAccess.hint;
+    element.hidden = !this.jobAccess.hint;
+    this.updateJobButtons();
+  }
+
+  jobButtonsEnabled() {
+    return !!this.current?.reproduce && this.jobAccess.allowed;
+  }
+
+  updateJobButtons() {
+    for (const selector of ["#job-reproduce", "#job-variations"]) {
+      const button = $(selector);
+      if (!button.hasAttribute("aria-busy")) button.disabled = !this.jobButtonsEnabled();
+    }
   }
 
   setNav(hasPrev, hasNext) {
@@ -205,9 +226,8 @@ export class DetailView {
     for (const [key, selector] of [["a1111", "#code-a1111"], ["diffusers", "#code-diffusers"], ["command", "#code-command"]]) {
       $(selector).textContent = reproduce ? reproduce[key] : "Loading…";
     }
-    for (const selector of ["#copy-a1111", "#copy-diffusers", "#copy-command", "#job-reproduce", "#job-variations"]) {
-      $(selector).disabled = !reproduce;
-    }
+    for (const selector of ["#copy-a1111", "#copy-diffusers", "#copy-command"]) $(selector).disabled = !reproduce;
+    this.updateJobButtons();
   }
 
   async loadSimilar(id, signal) {

@@ -1,6 +1,10 @@
 // dom.js — tiny DOM helpers shared by the page's modules.
 
-/** Create an element: h("a", {href: "/x", class: "card", onclick: fn}, "text", child). */
+/**
+ * Create an element: h("a", {href: "/x", class: "card", onclick: fn}, "text", child).
+ * `style` takes an object ({"--ratio": "1.5"}), set through the CSSOM: the page's Content-Security-Policy
+ * (style-src 'self') refuses style="" attributes.
+ */
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) {

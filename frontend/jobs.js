@@ -9,9 +9,13 @@ const TERMINAL = new Set(["done", "failed", "cancelled"]);
 const LABELS = { queued: "Queued", running: "Running…", done: "Done", failed: "Failed", cancelled: "Cancelled" };
 
 export class JobPanel {
-  /** @param {HTMLElement} list the <ul> that shows the jobs */
-  constructor(list) {
+  /**
+   * @param {HTMLElement} list the <ul> that shows the jobs
+   * @param {() => boolean} canQueue whether the job buttons may be enabled again after a request
+   */
+  constructor(list, canQueue) {
     this.list = list;
+    this.canQueue = canQueue;
     this.timers = new Set();
     this.controller = new AbortController();
   }
@@ -40,7 +44,7 @@ export class JobPanel {
           h("span", { class: "job-error" }, error.detail || error.message)),
       );
     } finally {
-      button.disabled = false;
+      button.disabled = !this.canQueue();
       button.removeAttribute("aria-busy");
     }
   }
@@ -51,7 +55,8 @@ export class JobPanel {
     const row = h(
       "li",
       { class: "job", dataset: { jobId: String(id) } },
-      h("span", { class: "job-title" }, `${kind === "variations" ? "Variation" : "Reproduce"} job #${id}`),
+      // ids are long opaque strings: the first 8 characters tell a few jobs apart
+      h("span", { class: "job-title", title: String(id) }, `${kind === "variations" ? "Variation" : "Reproduce"} job ${String(id).slice(0, 8)}`),
       status,
       body,
     );

@@ -9,23 +9,34 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Path
 from fastapi.responses import FileResponse, Response
 
 from promptdex.errors import NotFound
+from promptdex.settings import AnonymousAccess
 from search_api.deps import Service, State
 from search_api.errors import responses
 from search_api.schemas import MAX_ID
-from search_api.security import reader
+from search_api.security import Caller, file_reader
 
-router = APIRouter(tags=["files"], dependencies=[Depends(reader)])
+router = APIRouter(tags=["files"], dependencies=[Depends(file_reader)])
 
 _MEDIA = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif", "MPO": "image/jpeg"}
-_CACHE = "public, max-age=31536000, immutable"  # an id's content never changes (content-addressed rows)
+# An id's content never changes (content-addressed rows). Shared caches may keep a file only when anyone may
+# read it; on a private instance, or for a signed-in caller, only the browser's own cache does.
+_CACHE = "public, max-age=31536000, immutable"
+_PRIVATE_CACHE = "private, max-age=31536000, immutable"
 
 
-def _file_response(path: FsPath, media_type: str, etag: str, if_none_match: str | None) -> Response:
+def cache_control(state: State, caller: Caller) -> str:
+    if caller.user is not None or state.settings.api.anonymous is AnonymousAccess.NONE:
+        return _PRIVATE_CACHE
+    return _CACHE
+
+
+def _file_response(path: FsPath, media_type: str, etag: str, if_none_match: str | None, cache: str) -> Response:
     if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
-        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": _CACHE})
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache, "Vary": "Cookie"})
     if not path.is_file():
         raise NotFound("the file of this image is missing from disk; re-import or regenerate it")
-    return FileResponse(path, media_type=media_type, headers={"ETag": etag, "Cache-Control": _CACHE})
+    return FileResponse(path, media_type=media_type,
+                        headers={"ETag": etag, "Cache-Control": cache, "Vary": "Cookie, Authorization"})
 
 
 def _file_responses(*media: str) -> dict[int | str, dict[str, Any]]:
@@ -37,27 +48,28 @@ def _file_responses(*media: str) -> dict[int | str, dict[str, Any]]:
 
 
 ImageId = Annotated[int, Path(ge=1, le=MAX_ID)]
+FileCaller = Annotated[Caller, Depends(file_reader)]
 
 
 @router.get("/images/{image_id}", response_class=Response, responses=_file_responses(*sorted(set(_MEDIA.values()))))
-def image_file(state: State, service: Service, image_id: ImageId,
+def image_file(state: State, service: Service, caller: FileCaller, image_id: ImageId,
                if_none_match: Annotated[str | None, Header()] = None) -> Response:
     image = service.image(image_id)
     path = FsPath(image.path)
     if not path.is_absolute():
         path = state.settings.images_path / path
     return _file_response(path, _MEDIA.get(image.format.upper(), "application/octet-stream"),
-                          f'"{image.sha256}"', if_none_match)
+                          f'"{image.sha256}"', if_none_match, cache_control(state, caller))
 
 
 @router.get("/thumbs/{image_id}", response_class=Response, responses=_file_responses("image/webp"))
-def thumb_file(state: State, service: Service, image_id: ImageId,
+def thumb_file(state: State, service: Service, caller: FileCaller, image_id: ImageId,
                if_none_match: Annotated[str | None, Header()] = None) -> Response:
     image = service.image(image_id)
     path = state.engines.thumbnail_path(image.sha256)
     if not path.is_file():
         raise NotFound(f"image {image_id} has no thumbnail yet: run `promptdex index`")
-    return _file_response(path, "image/webp", f'"t-{image.sha256}"', if_none_match)
+    return _file_response(path, "image/webp", f'"t-{image.sha256}"', if_none_match, cache_control(state, caller))
 
 
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".webp": "image/webp",

@@ -118,14 +118,25 @@ async def limited_caller(caller: Annotated[Caller, Depends(get_caller)], state: 
 AnyCaller = Annotated[Caller, Depends(limited_caller)]
 
 
-async def reader(caller: AnyCaller, state: State) -> Caller:
-    """A caller allowed to read: any signed-in user, and anonymous callers unless the instance is private."""
+def _may_read(caller: Caller, state: State) -> Caller:
     if caller.user is None and state.settings.api.anonymous is AnonymousAccess.NONE:
         raise Unauthorized("sign in: this promptdex instance is private (PROMPTDEX_API__ANONYMOUS=none)")
     return caller
 
 
+async def reader(caller: AnyCaller, state: State) -> Caller:
+    """A caller allowed to read: any signed-in user, and anonymous callers unless the instance is private."""
+    return _may_read(caller, state)
+
+
+async def file_reader(caller: Annotated[Caller, Depends(get_caller)], state: State) -> Caller:
+    """Like `reader`, for image and thumbnail files: not counted against the request rate (a page of results
+    loads dozens of thumbnails at once, and each is served once, then cached by the browser)."""
+    return _may_read(caller, state)
+
+
 reader.reads = True  # type: ignore[attr-defined]  # read by search_api.openapi
+file_reader.reads = True  # type: ignore[attr-defined]
 CurrentUser = Annotated[Caller, Depends(reader)]
 
 

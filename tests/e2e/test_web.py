@@ -1,7 +1,8 @@
 """The web page in headless Chromium (Playwright) against `promptdex serve` on a tiny generated + imported corpus.
 
 Needs Debian's Chromium at /usr/bin/chromium (`apt-get install chromium`); never `playwright install`.
-Screenshots land in artifacts/screenshots/ at the repository root.
+Screenshots land in artifacts/screenshots/ at the repository root. The served corpus, the browser fixtures and
+the sign-in helpers here are reused by test_web_auth.py.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,15 @@ SCREENSHOTS = REPO / "artifacts" / "screenshots"
 DESKTOP = {"width": 1440, "height": 900}
 PHONE = {"width": 390, "height": 844}
 UI_TIMEOUT_MS = 20_000
+# Every test browser is the same 127.0.0.1 caller, and a page of 200 results asks for 200 thumbnails at once: these
+# tests are about the page, so the request rate limits are raised out of their way (sign-in attempts keep theirs).
+UNLIMITED_RATES = {"PROMPTDEX_API__RATE_BURST": "100000", "PROMPTDEX_API__RATE_SUSTAINED": "1000000"}
+LINK_INTRO = "sign in as the local admin with this one-time link"
+# Reports every Content-Security-Policy violation as a console error (which the Web fixture collects). Playwright
+# adds it through the DevTools protocol, so the page's CSP does not apply to it.
+CSP_REPORTER = """document.addEventListener("securitypolicyviolation", (e) => console.error(
+  `CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || "inline"} (${e.sourceFile}:${e.lineNumber})`),
+  true);"""
 
 # 20 prompts x 2 seeds = 40 images; sizes, samplers, steps and cfg vary so the filters have something to narrow.
 PROMPTS = [
@@ -63,21 +75,55 @@ def _require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+@dataclass
+class _Shared:
+    """Playwright's sync API runs once per thread: modules that import `chromium` share one browser."""
+
+    users: int = 0
+    playwright: Any = None
+    browser: Any = None
+
+
+_SHARED = _Shared()
+
+
 @pytest.fixture(scope="session")
-def chromium() -> Any:
+def chromium() -> Iterator[Any]:
     _require(CHROMIUM.is_file(), f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _require(False, "the python package playwright is not installed (pip install playwright)")
         raise
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    if _SHARED.users == 0:
+        playwright = sync_playwright().start()
+        try:
+            _SHARED.browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        except BaseException:
+            playwright.stop()
+            raise
+        _SHARED.playwright = playwright
+    _SHARED.users += 1
+    try:
+        yield _SHARED.browser
+    finally:
+        _SHARED.users -= 1
+        if _SHARED.users == 0:
+            _SHARED.browser.close()
+            _SHARED.playwright.stop()
 
 
 # ---------------------------------------------------------------- the served corpus
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user made with the CLI: signs in with the password, calls the API with the token."""
+
+    name: str
+    role: str
+    password: str
+    token: str
 
 
 @dataclass
@@ -86,11 +132,25 @@ class Served:
     data_dir: Path
     log: Path
     env: dict[str, str]
+    link: str | None = None  # the one-time sign-in link `serve` printed (valid once)
 
-    def get(self, path: str, **params: Any) -> Any:
+    def call(self, path: str, *, token: str | None = None, **params: Any) -> tuple[int, Any]:
+        """GET `path` (as the token's user, or anonymously): the status and the JSON body, also for errors."""
         query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-        with urllib.request.urlopen(f"{self.base}{path}{'?' + query if query else ''}", timeout=60) as response:
-            return json.loads(response.read())
+        request = urllib.request.Request(f"{self.base}{path}{'?' + query if query else ''}")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, json.loads(error.read() or b"null")
+
+    def get(self, path: str, *, token: str | None = None, **params: Any) -> Any:
+        status, body = self.call(path, token=token, **params)
+        assert status == 200, f"GET {path}: {status} {body}"
+        return body
 
     def all_ids(self, **params: Any) -> list[int]:
         """Every id GET /api/search returns for `params`, following the cursor."""
@@ -116,52 +176,56 @@ def _cli(*args: str, cwd: Path, env: dict[str, str]) -> str:
     return result.stdout
 
 
-def _wait_healthy(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 180) -> None:
+def add_account(root: Path, env: dict[str, str], name: str, role: str, *, token: bool = True) -> Account:
+    """`promptdex user add NAME --role ROLE --password-stdin`, then (unless token=False) `promptdex token create`."""
+    password = f"pw-{uuid.uuid4().hex[:16]}"
+    result = subprocess.run([sys.executable, "-m", "promptdex", "user", "add", name, "--role", role,
+                             "--password-stdin"], cwd=root, env=env, input=password + "\n", capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert result.returncode == 0, f"promptdex user add {name} failed:\n{result.stdout}\n{result.stderr[-4000:]}"
+    secret = _cli("token", "create", name, cwd=root, env=env).strip().splitlines()[-1] if token else ""
+    return Account(name, role, password, secret)
+
+
+def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 180) -> None:
+    """Wait for /api/auth/me, which answers in every PROMPTDEX_API__ANONYMOUS mode (a private one too)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"promptdex serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
         try:
-            with urllib.request.urlopen(f"{base}/api/health", timeout=5) as response:
+            with urllib.request.urlopen(f"{base}/api/auth/me", timeout=5) as response:
                 if response.status == 200:
                     return
         except OSError:
             pass
         time.sleep(0.5)
-    pytest.fail(f"promptdex serve did not answer /api/health in {timeout:.0f} s:\n{log.read_text()[-4000:]}")
+    pytest.fail(f"promptdex serve did not answer /api/auth/me in {timeout:.0f} s:\n{log.read_text()[-4000:]}")
 
 
-@pytest.fixture(scope="session")
-def served(chromium: Any, pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """40 tiny generated images + the sd-metadata fixtures, indexed and served on a free port, own database."""
-    fixtures = require_shared_fixtures() / "sd-metadata"
-    root = tmp_path_factory.mktemp("web")
-    name = f"web_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    info = psycopg.conninfo.conninfo_to_dict(pg_server_url)
-    info["dbname"] = name
-    env = clean_env(PROMPTDEX_DATA_DIR=str(root / "data"), PROMPTDEX_MODELS="tiny",
-                    PROMPTDEX_DATABASE_URL=psycopg.conninfo.make_conninfo(**info))
-    lines = [
-        json.dumps({"prompt": prompt, "seed": 1000 + 10 * i, "count": 2, "size": SIZES[i % len(SIZES)],
-                    "sampler": SAMPLERS[i % len(SAMPLERS)], "steps": 2 + i % 3, "cfg": [3.0, 5.5, 7.0][i % 3]})
-        for i, prompt in enumerate(PROMPTS)
-    ]
-    (root / "prompts.jsonl").write_text("\n".join(lines) + "\n")
-    log = root / "serve.log"
+def _sign_in_link(log: Path) -> str | None:
+    """The one-time link from the lines `serve` printed: the intro line, then the indented link."""
+    lines = log.read_text(errors="replace").splitlines()
+    for intro, link in zip(lines, lines[1:], strict=False):
+        if intro.startswith(LINK_INTRO) and link.strip().startswith("http"):
+            return link.strip()
+    return None
+
+
+@contextmanager
+def serve(root: Path, env: dict[str, str], name: str = "serve") -> Iterator[Served]:
+    """`promptdex serve` on a free loopback port, in a subprocess that is ended (by its pid) afterwards.
+    Its output goes to ROOT/NAME.log."""
+    port = _free_port()
+    log = root / f"{name}.log"
     proc: subprocess.Popen[bytes] | None = None
     try:
-        _cli("generate", "--model", "tiny", "--prompts-file", str(root / "prompts.jsonl"), cwd=root, env=env)
-        _cli("import", str(fixtures), cwd=root, env=env)
-        _cli("index", cwd=root, env=env)
-        port = _free_port()
         with log.open("wb") as sink:
             proc = subprocess.Popen([sys.executable, "-m", "promptdex", "serve", "--port", str(port)], cwd=root,
-                                    env=env, stdout=sink, stderr=subprocess.STDOUT)
+                                    env={**env, "PYTHONUNBUFFERED": "1"}, stdout=sink, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
-        _wait_healthy(base, proc, log)
-        yield Served(base, root / "data", log, env)
+        _wait_ready(base, proc, log)
+        yield Served(base, root / "data", log, env, _sign_in_link(log))
     finally:
         if proc is not None:
             proc.terminate()
@@ -170,8 +234,47 @@ def served(chromium: Any, pg_server_url: str, tmp_path_factory: pytest.TempPathF
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+@contextmanager
+def corpus_env(pg_server_url: str, root: Path, **extra: str) -> Iterator[dict[str, str]]:
+    """The environment of a corpus under `root` with its own database (dropped afterwards) and the tiny models."""
+    name = f"web_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    info = psycopg.conninfo.conninfo_to_dict(pg_server_url)
+    info["dbname"] = name
+    try:
+        yield clean_env(PROMPTDEX_DATA_DIR=str(root / "data"), PROMPTDEX_MODELS="tiny",
+                        PROMPTDEX_DATABASE_URL=psycopg.conninfo.make_conninfo(**info), **extra)
+    finally:
         with psycopg.connect(pg_server_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def served(chromium: Any, pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """40 tiny generated images + the sd-metadata fixtures, indexed and served on a free port, own database."""
+    fixtures = require_shared_fixtures() / "sd-metadata"
+    root = tmp_path_factory.mktemp("web")
+    lines = [
+        json.dumps({"prompt": prompt, "seed": 1000 + 10 * i, "count": 2, "size": SIZES[i % len(SIZES)],
+                    "sampler": SAMPLERS[i % len(SAMPLERS)], "steps": 2 + i % 3, "cfg": [3.0, 5.5, 7.0][i % 3]})
+        for i, prompt in enumerate(PROMPTS)
+    ]
+    (root / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    with corpus_env(pg_server_url, root, **UNLIMITED_RATES) as env:
+        _cli("generate", "--model", "tiny", "--prompts-file", str(root / "prompts.jsonl"), cwd=root, env=env)
+        _cli("import", str(fixtures), cwd=root, env=env)
+        _cli("index", cwd=root, env=env)
+        with serve(root, env) as served:
+            yield served
+
+
+@pytest.fixture(scope="session")
+def creator(served: Served) -> Account:
+    """A creator on the served corpus (queuing jobs needs the creator role)."""
+    return add_account(served.data_dir.parent, served.env, "web-creator", "creator")
 
 
 # ---------------------------------------------------------------- a page per test
@@ -182,9 +285,23 @@ class Web:
     page: Any
     served: Served
     errors: list[str] = field(default_factory=list)
+    allowed: list[tuple[int, str]] = field(default_factory=list)
 
-    def goto(self, path: str) -> None:
-        self.page.goto(self.served.base + path)
+    def goto(self, path: str) -> Any:
+        return self.page.goto(self.served.base + path)
+
+    def allow_http_error(self, status: int, path: str) -> None:
+        """A response the test expects (a refused sign-in): Chromium logs it as an error, but the page is right."""
+        self.allowed.append((status, f"{self.served.base}{path}"))
+
+    def on_console(self, message: Any) -> None:
+        if message.type != "error":
+            return
+        url = message.location.get("url", "")
+        if any(f"status of {status} " in message.text and url.split("?")[0] == expected
+               for status, expected in self.allowed):
+            return
+        self.errors.append(f"console: {message.text} ({url})")
 
     def wait_cards(self, selector: str = "#results .card") -> Any:
         self.page.wait_for_selector(selector, timeout=UI_TIMEOUT_MS)
@@ -212,13 +329,14 @@ class Web:
 
 
 def _new_web(chromium: Any, served: Served, viewport: dict[str, int]) -> Iterator[Web]:
+    """A fresh browser context (no cookies) and page; at the end, no console error, page error or CSP violation."""
     context = chromium.new_context(viewport=viewport, permissions=["clipboard-read", "clipboard-write"],
                                    base_url=served.base)
     context.set_default_timeout(UI_TIMEOUT_MS)
+    context.add_init_script(CSP_REPORTER)
     page = context.new_page()
     web = Web(page, served)
-    page.on("console", lambda message: message.type == "error" and web.errors.append(
-        f"console: {message.text} ({message.location.get('url', '')})"))
+    page.on("console", web.on_console)
     page.on("pageerror", lambda error: web.errors.append(f"pageerror: {error}"))
     yield web
     context.close()
@@ -233,6 +351,14 @@ def web(chromium: Any, served: Served) -> Iterator[Web]:
 @pytest.fixture
 def phone(chromium: Any, served: Served) -> Iterator[Web]:
     yield from _new_web(chromium, served, PHONE)
+
+
+def sign_in(web: Web, account: Account) -> None:
+    """Sign the page's browser context in through POST /api/auth/login (it shares the context's cookies)."""
+    response = web.page.request.post(f"{web.served.base}/api/auth/login",
+                                     data={"name": account.name, "password": account.password})
+    assert response.status == 200, response.text()
+    assert response.json()["user"] == {"name": account.name, "role": account.role}
 
 
 def _open_first_detail(web: Web) -> int:
@@ -360,20 +486,28 @@ def test_the_similar_grid_fills(web: Web) -> None:
     web.page.wait_for_selector(f"#detail[data-loaded=full][data-image-id='{expected[0]}']")
 
 
-def test_reproduce_creates_a_job_and_shows_its_status_until_done(web: Web) -> None:
+def test_reproduce_creates_a_job_and_shows_its_status_until_done(web: Web, creator: Account) -> None:
+    sign_in(web, creator)
     web.goto("/")
+    web.page.wait_for_selector(f"#account-name:text-is('{creator.name}')")
     image_id = _open_first_detail(web)
+    assert web.page.is_enabled("#job-reproduce") and web.page.is_hidden("#job-hint")
     with web.page.expect_response(lambda r: r.url.endswith("/api/jobs") and r.request.method == "POST") as created:
         web.page.click("#job-reproduce")
+    assert created.value.status == 201, created.value.text()
+    csrf = {c["name"]: c["value"] for c in web.page.context.cookies()}["promptdex_csrf"]
+    assert created.value.request.headers.get("x-csrf-token") == csrf, "a signed-in page sends the CSRF token"
     job_id = created.value.json()["job_ids"][0]
+    assert isinstance(job_id, str) and re.fullmatch(r"[0-9a-f]{8,64}", job_id), "job ids are opaque hex strings"
     status = web.page.locator(f"#job-list li[data-job-id='{job_id}'] .job-status")
     status.wait_for()
     assert status.get_attribute("data-status") in {"queued", "running"}
-    assert web.served.get(f"/api/jobs/{job_id}")["kind"] == "reproduce"
+    assert web.served.get(f"/api/jobs/{job_id}", token=creator.token)["kind"] == "reproduce"
+    assert web.served.call(f"/api/jobs/{job_id}")[0] == 404, "a job is visible to its owner, not to anonymous callers"
 
     _cli("worker", "--once", cwd=web.served.data_dir.parent, env=web.served.env)  # the page polls every 2 s
     web.page.wait_for_selector(f"#job-list li[data-job-id='{job_id}'] .job-status[data-status=done]")
-    job = web.served.get(f"/api/jobs/{job_id}")
+    job = web.served.get(f"/api/jobs/{job_id}", token=creator.token)
     assert job["status"] == "done" and job["image_ids"]
     links = web.page.eval_on_selector_all(f"#job-list li[data-job-id='{job_id}'] a", "as => as.map(a => a.pathname)")
     assert links == [f"/image/{i}" for i in job["image_ids"]]

@@ -450,3 +450,22 @@ def test_anonymous_create_lets_a_loopback_caller_queue_and_follow_a_job(small: S
         (job_id,) = created.json()["job_ids"]
         assert api.get(f"/api/jobs/{job_id}").json()["status"] == "queued"
         assert {} in api.get("/openapi.json").json()["paths"]["/api/jobs"]["post"]["security"]
+
+
+def test_files_are_not_counted_against_the_request_rate(small: Small) -> None:
+    """A page loads dozens of thumbnails at once: they never meet the read rate limit."""
+    settings = get_settings(data_dir=small.data_dir, database_url=small.database_url, models="tiny",
+                            api={"rate_burst": 3, "rate_sustained": 1000})
+    with TestClient(create_app(settings), base_url=BASE) as api:
+        statuses = {api.get(f"/thumbs/{small.image_ids[i % 3]}").status_code for i in range(20)}
+        assert statuses == {200}
+
+
+def test_shared_caches_keep_only_files_anyone_may_read(client: TestClient, small: Small) -> None:
+    image_id = small.image_ids[0]
+    assert client.get(f"/images/{image_id}").headers["cache-control"].startswith("public")
+    signed_in = client.get(f"/images/{image_id}", headers=bearer(small, "val"))
+    assert signed_in.headers["cache-control"].startswith("private")
+    with TestClient(create_app(settings_for(small, anonymous="none")), base_url=BASE) as private:
+        answer = private.get(f"/thumbs/{image_id}", headers=bearer(small, "val"))
+        assert answer.status_code == 200 and answer.headers["cache-control"].startswith("private")
