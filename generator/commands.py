@@ -178,7 +178,8 @@ def _enqueue(args: argparse.Namespace, settings: Settings, requests: list[Any]) 
     db = open_database(settings)
     try:
         with db.connect() as conn:
-            ids = enqueue_jobs(conn, payloads=payloads)
+            ids = enqueue_jobs(conn, payloads=payloads, images=[int(p.get("count", 1)) for p in payloads],
+                               max_attempts=settings.generator.max_attempts)
             conn.commit()
     finally:
         db.close()

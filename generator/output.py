@@ -105,10 +105,14 @@ def save_image(conn: Any, *, images_path: Path, data: bytes, image: NewImage) ->
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.rename(new, part)  # a .part file is locked from the moment it has that name
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:  # a full disk, a kill signal: nothing half-written stays behind
+            part.unlink(missing_ok=True)
+            raise
         stat = os.fstat(fd)
         row = image.model_copy(update={"sha256": sha, "path": rel, "file_size": len(data),
                                        "file_mtime": stat.st_mtime})

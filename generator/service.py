@@ -160,8 +160,13 @@ def generate_images(
     progress: Progress | None = None,
     after_batch: Callable[[], None] | None = None,
     fail_fast: bool = True,
+    fatal: Callable[[BaseException], bool] | None = None,
 ) -> Outcome:
-    """Render and store the images of checked requests that have their seeds. `conn`: autocommit connection."""
+    """Render and store the images of checked requests that have their seeds. `conn`: autocommit connection.
+
+    With `fail_fast` off, a failed batch is recorded and the next one runs, except for errors `fatal` says
+    nothing more can get past (a full disk): those are raised at once.
+    """
     outcome = Outcome(ids=[[] for _ in requests])
     slots: list[list[int | None]] = [[None] * len(r.seeds or []) for r in requests]
     for batch in plan_batches(requests, max(1, batch_size)):
@@ -173,7 +178,7 @@ def generate_images(
         try:
             _render_and_store(conn, settings, requests, batch, first, cache, outcome, slots)
         except (PromptdexError, RuntimeError, ValueError, OSError) as exc:
-            if fail_fast:
+            if fail_fast or (fatal is not None and fatal(exc)):
                 raise
             message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PromptdexError) else str(exc)
             logger.error("batch of %d images failed: %s", len(batch), message)

@@ -1,14 +1,18 @@
 """`promptdex worker`: take generation jobs from PostgreSQL, batch compatible ones, keep the model loaded.
 
 Jobs are claimed with `promptdex.jobs.claim_jobs` (FOR UPDATE SKIP LOCKED), so any number of workers on any
-number of machines never take the same job. A worker renews its lease after every batch; a worker that dies
-stops renewing, and once its lease has run out the job is handed to the next worker (up to the job's
-max_attempts). Jobs are idempotent: their seeds are fixed when queued (or derived from the job), so a retried
-job makes the same bytes, which the corpus stores once. Payload schema: see `generator.requests`.
+number of machines never take the same job. While it works, a heartbeat thread renews the leases of its
+jobs every third of the lease (on a connection of its own, so a render longer than the lease never loses its
+job); a worker that dies stops renewing, and once its lease has run out the job is handed to the next worker
+(up to the job's max_attempts). Jobs are idempotent: their seeds are fixed when queued (or derived from the
+job), so a retried job makes the same bytes, which the corpus stores once, and whichever attempt finishes
+first links them to the job. A lost database or a full disk stops the worker at once (its jobs go back to
+the queue). Payload schema: see `generator.requests`.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -19,6 +23,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import psycopg
 
 from generator.environment import torch_threads
 from generator.output import input_image_file, repair_incoming
@@ -31,8 +37,8 @@ from generator.requests import (
     parse_payload,
 )
 from generator.service import ModelCache, fill_defaults, generate_images, inputs_path, request_like, with_seeds
-from promptdex.db import open_database
-from promptdex.errors import InvalidInput, NotFound, PromptdexError
+from promptdex.db import Database, open_database
+from promptdex.errors import DatabaseError, InvalidInput, NotFound, PromptdexError
 from promptdex.jobs import Job, claim_jobs, complete_job, extend_lease, fail_job
 from promptdex.settings import Settings
 from promptdex.store import get_image
@@ -64,6 +70,51 @@ class WorkerReport:
     def summary(self) -> str:
         return (f"worker {self.name}: {self.done} jobs done, {self.failed} failed, {self.images} images "
                 f"in {self.seconds:.1f} s")
+
+
+FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+class StorageFull(PromptdexError):
+    """The disk under IMAGES_DIR cannot take more files: nothing more can succeed until a person frees space."""
+
+
+class Heartbeat:
+    """Renews the leases of the jobs in hand every third of the lease, from a thread with its own connection."""
+
+    def __init__(self, db: Database, *, worker: str, lease_seconds: float) -> None:
+        self.db = db
+        self.worker = worker
+        self.lease_seconds = lease_seconds
+        self.job_ids: list[int] = []
+        self.beats = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{worker}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        conn: Any = None
+        while not self._stop.wait(self.lease_seconds / 3):
+            ids = list(self.job_ids)
+            if not ids:
+                continue
+            try:
+                if conn is None or conn.closed:
+                    conn = self.db.connect(autocommit=True)
+                extend_lease(conn, job_ids=ids, worker=self.worker, lease_seconds=self.lease_seconds)
+                self.beats += 1
+            except (psycopg.Error, PromptdexError) as exc:  # the main loop meets the same fault and stops
+                logger.warning("heartbeat of %s could not renew its leases: %s", self.worker, exc)
+                conn = None
+        if conn is not None:
+            conn.close()
 
 
 def claim_any(conn: Any, *, worker: str, limit: int, lease_seconds: float) -> list[Job]:
@@ -101,7 +152,8 @@ def run_worker(
     db = open_database(settings)
     cache = ModelCache(settings, device=device, dtype=dtype)
     try:
-        with db.connect(autocommit=True) as conn, torch_threads(threads or settings.generator.threads):
+        with db.connect(autocommit=True) as conn, torch_threads(threads or settings.generator.threads), \
+                Heartbeat(db, worker=report.name, lease_seconds=lease) as heartbeat:
             repair_incoming(conn, images_path=settings.images_path)
             taken = 0
             while not stop.is_set():
@@ -114,10 +166,18 @@ def run_worker(
                     continue
                 taken += len(jobs)
                 logger.info("%s took jobs %s", report.name, [j.id for j in jobs])
-                process_jobs(conn, settings, jobs, worker=report.name, cache=cache, batch_size=size,
-                             lease_seconds=lease, report=report, on_images=on_images)
+                heartbeat.job_ids = [j.id for j in jobs]
+                try:
+                    process_jobs(conn, settings, jobs, worker=report.name, cache=cache, batch_size=size,
+                                 lease_seconds=lease, report=report, on_images=on_images)
+                finally:
+                    heartbeat.job_ids = []
                 if max_jobs is not None and taken >= max_jobs:
                     break
+    except psycopg.OperationalError as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DatabaseError(f"worker {report.name}: lost the database ({db.display}): {reason}; its jobs go back "
+                            "to the queue when their lease runs out") from exc
     finally:
         cache.close()
         db.close()
@@ -150,8 +210,16 @@ def process_jobs(conn: Any, settings: Settings, jobs: list[Job], *, worker: str,
     def renew() -> None:
         extend_lease(conn, job_ids=job_ids, worker=worker, lease_seconds=lease_seconds)
 
-    outcome = generate_images(conn, settings, [r for _, r in pending], cache=cache, batch_size=batch_size,
-                              progress=on_images, after_batch=renew, fail_fast=False)
+    try:
+        outcome = generate_images(conn, settings, [r for _, r in pending], cache=cache, batch_size=batch_size,
+                                  progress=on_images, after_batch=renew, fail_fast=False,
+                                  fatal=lambda exc: isinstance(exc, OSError) and exc.errno in FATAL_ERRNOS)
+    except OSError as exc:
+        message = (f"{settings.images_path}: the disk is full or read-only ({os.strerror(exc.errno or 0)}); "
+                   "free space there and run the worker again (its jobs went back to the queue)")
+        for job_id in job_ids:
+            fail_job(conn, job_id=job_id, worker=worker, error=message, retry=True)
+        raise StorageFull(message) from exc
     for index, (job, _) in enumerate(pending):
         if index in outcome.errors:
             _fail(conn, job, worker, outcome.errors[index], retry=index in outcome.retryable, report=report)

@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import psycopg
 from pydantic import ValidationError
 
 from promptdex import __version__
@@ -76,6 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         sys.stderr.write(f"promptdex: error: {exc}\n")
+        return 1
+    except psycopg.OperationalError as exc:  # the server went away under a command
+        if args.debug:
+            raise
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        sys.stderr.write(f"promptdex: error: lost the database connection ({reason}); nothing half-written was "
+                         "kept: run the command again once PostgreSQL is back\n")
         return 1
     except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into an exit code
         if args.debug:

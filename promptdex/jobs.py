@@ -69,7 +69,8 @@ def _open_images(conn: Conn, owner_clause: str, args: tuple[Any, ...]) -> int:
 
 
 def enqueue_within_quota(conn: Conn, *, payloads: Sequence[dict[str, Any]], images: Sequence[int],
-                         owner_id: int | None, quota: Quota, kind: str = "generate") -> list[Job]:
+                         owner_id: int | None, quota: Quota, kind: str = "generate",
+                         max_attempts: int = 3) -> list[Job]:
     """Queue the jobs if the owner's quotas and the server's queue cap allow them all; QuotaExceeded otherwise.
 
     The check and the insert hold one advisory lock, so concurrent requests on several replicas cannot both
@@ -105,7 +106,8 @@ def enqueue_within_quota(conn: Conn, *, payloads: Sequence[dict[str, Any]], imag
                     f"{quota.images_per_hour} (this request asks for {asked}); it resets in {int(reset) + 1} s",
                     retry_after=int(reset) + 1, limit=quota.images_per_hour,
                     remaining=max(0, quota.images_per_hour - used))
-        ids = enqueue_jobs(conn, payloads=payloads, kind=kind, owner_id=owner_id, images=images)
+        ids = enqueue_jobs(conn, payloads=payloads, kind=kind, owner_id=owner_id, images=images,
+                           max_attempts=max_attempts)
         rows = conn.execute("SELECT * FROM jobs WHERE id = ANY(%s) ORDER BY id", (ids,)).fetchall()
     return [Job.model_validate(r) for r in rows]
 
@@ -143,11 +145,16 @@ def extend_lease(conn: Conn, *, job_ids: Sequence[int], worker: str, lease_secon
 
 
 def complete_job(conn: Conn, *, job_id: int, worker: str, image_ids: Sequence[int]) -> bool:
-    """Mark done with its images; False when the job was meanwhile taken by another worker."""
+    """Mark done with its images, once: the first attempt to finish links them, whichever worker ran it.
+
+    A job is idempotent (fixed seeds, content-addressed images), so an attempt that finishes after its lease
+    was taken over made the same images; it still completes the job unless another attempt already did.
+    False when the job was already done.
+    """
     cur = conn.execute(
-        "UPDATE jobs SET status = 'done', finished_at = now(), image_ids = %s, error = NULL, lease_until = NULL "
-        "WHERE id = %s AND worker = %s AND status = 'running'",
-        (list(image_ids), job_id, worker),
+        "UPDATE jobs SET status = 'done', finished_at = now(), image_ids = %s, error = NULL, lease_until = NULL, "
+        " worker = %s WHERE id = %s AND status <> 'done'",
+        (list(image_ids), worker, job_id),
     )
     return cur.rowcount == 1
 

@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -138,6 +139,36 @@ class EmbeddedPostgres:
         if not self._is_our_postgres(pid) or lines[7].strip() not in ("ready", "starting"):
             return None
         return pid
+
+    def ensure_running(self) -> bool:
+        """Start the server again if it died (kill -9, a crash) while we use it; True when it had to be started."""
+        with self._locked():
+            if self._running():
+                return False
+            logger.warning("the embedded PostgreSQL in %s is not running: starting it again", self.pgdata)
+            self._clean_stale()
+            self._start()
+            users = [u for u in self._read_users() if u.alive()]
+            if _me() not in users:
+                users.append(_me())
+            self._write_users(users)
+        self._spawn_watchdog()
+        return True
+
+    def supervise(self, *, interval: float = 1.0) -> threading.Event:
+        """Keep the server up from a daemon thread (a serving API); set the returned event to stop."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                try:
+                    if self.ensure_running():
+                        logger.warning("the embedded PostgreSQL is running again")
+                except (DatabaseError, OSError, subprocess.SubprocessError) as exc:
+                    logger.error("the embedded PostgreSQL could not be restarted (will retry): %s", exc)
+
+        threading.Thread(target=loop, name="pg-supervisor", daemon=True).start()
+        return stop
 
     def watch(self, *, interval: float = 1.0) -> None:
         """Watchdog loop: stop the server once no registered process is alive; return when stopped."""

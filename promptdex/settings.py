@@ -23,6 +23,8 @@ class DatabaseSettings(BaseModel):
     pool_min_size: int = Field(1, ge=0, description="Connections the API pool keeps open.")
     pool_max_size: int = Field(10, ge=1, description="Most connections the API pool opens.")
     connect_timeout: float = Field(10.0, gt=0, description="Seconds to wait for a connection.")
+    request_timeout: float = Field(
+        2.0, gt=0, description="Seconds an API request waits for a pooled connection before it answers 503.")
     embedded_start_timeout: float = Field(60.0, gt=0, description="Seconds to wait for the embedded server.")
 
 
@@ -44,8 +46,10 @@ class GeneratorSettings(BaseModel):
     inputs_dir: Path | None = Field(None, description="Kept img2img init images (default IMAGES_DIR/.inputs).")
     poll_seconds: float = Field(2.0, gt=0, description="How often an idle `promptdex worker` looks for jobs.")
     lease_seconds: float = Field(
-        600.0, gt=0, description="A worker's hold on a job; a job whose worker died is retried after it."
-    )
+        600.0, gt=0, description="A worker's hold on a job, renewed every third of it while the worker lives; "
+        "a job whose worker died is retried after it.")
+    max_attempts: int = Field(3, ge=1, description="Times a job is tried (its worker died, or a retryable error) "
+                              "before it is marked failed.")
 
 
 class IndexerSettings(BaseModel):

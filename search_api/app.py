@@ -69,11 +69,16 @@ def create_app(settings: Settings, *, engines: Engines | None = None) -> FastAPI
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = open_database(settings)
+        # Connections are checked as they leave the pool (a restarted server leaves dead ones behind), and a
+        # request waits at most DB__REQUEST_TIMEOUT for one: while the database is down, answers are fast 503s.
         pool: ConnectionPool[Any] = ConnectionPool(
             database.url, min_size=settings.db.pool_min_size, max_size=settings.db.pool_max_size,
-            kwargs={"row_factory": dict_row, "autocommit": True}, open=False,
+            kwargs={"row_factory": dict_row, "autocommit": True,
+                    "connect_timeout": max(1, int(settings.db.request_timeout))},
+            open=False, check=ConnectionPool.check_connection, timeout=settings.db.request_timeout,
         )
         pool.open(wait=True, timeout=settings.db.connect_timeout)
+        supervisor = database.embedded.supervise() if database.embedded is not None else None
         loaded = engines or load_engines(settings, pool.connection)
         service = SearchService(pool=pool, engines=loaded, secret=secret)
         app.state.promptdex = AppState(settings, database, pool, loaded, service, RateLimits(settings.api))
@@ -81,6 +86,8 @@ def create_app(settings: Settings, *, engines: Engines | None = None) -> FastAPI
         try:
             yield
         finally:
+            if supervisor is not None:
+                supervisor.set()
             pool.close()
             database.close()
 

@@ -6,9 +6,11 @@ import logging
 import re
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
@@ -117,11 +119,29 @@ def install(app: FastAPI) -> None:
                 headers["Allow"] = ", ".join(methods)
         return _error(exc.status_code, str(exc.detail), headers)
 
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(psycopg.InterfaceError)
+    @app.exception_handler(PoolTimeout)
+    async def database_down(_: Request, exc: Exception) -> JSONResponse:
+        return _error(503, f"database: {database_cause(exc)}; try again in a few seconds", {"Retry-After": "2"})
+
     @app.exception_handler(Exception)
     async def bug(request: Request, exc: Exception) -> JSONResponse:
         logger.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
         return _error(500, "internal error: the server could not answer this request (it was logged)",
                       {"Connection": "close"})
+
+
+def database_cause(exc: BaseException) -> str:
+    """Why the database did not answer, in words (never the socket path or the server's address)."""
+    text = str(exc).lower()
+    if isinstance(exc, PoolTimeout):
+        return "no connection to PostgreSQL became available in time (the server is down or overloaded)"
+    if "no such file" in text or "connection refused" in text or "could not connect" in text:
+        return "PostgreSQL is not running or not reachable"
+    if "terminat" in text or "closed" in text or "shutdown" in text or "server closed" in text:
+        return "PostgreSQL closed the connection (it stopped or restarted)"
+    return "PostgreSQL is not answering"
 
 
 def _methods_of(app: FastAPI, path: str) -> list[str]:

@@ -53,7 +53,8 @@ async def create_job(state: State, service: Service, caller: Creator, body: JobC
     def enqueue() -> list[Job]:
         with state.pool.connection() as conn:
             return jobs.enqueue_within_quota(conn, payloads=[payload], images=[images], quota=quota,
-                                             owner_id=caller.user.id if caller.user else None)
+                                             owner_id=caller.user.id if caller.user else None,
+                                             max_attempts=state.settings.generator.max_attempts)
 
     created = await run_in_threadpool(enqueue)
     return JobsCreated(job_ids=[j.public_id for j in created])

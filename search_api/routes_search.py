@@ -13,7 +13,7 @@ from promptdex import store
 from promptdex.errors import PayloadTooLarge, UnsupportedMedia
 from promptdex.records import Image, ImageFilter
 from search_api.deps import Conn, Filters, SafeStr, Service, State
-from search_api.errors import responses
+from search_api.errors import database_cause, responses
 from search_api.reproduce import reproduce_block
 from search_api.schemas import (
     MAX_ID,
@@ -179,11 +179,11 @@ def health(state: State, caller: CurrentUser) -> Health:
     if detailed:
         database["location"] = state.database.display
     try:
-        with state.pool.connection() as conn:
+        with state.pool.connection(timeout=1.0) as conn:
             row = conn.execute("SELECT count(*) AS n FROM images").fetchone()
         database.update(ok=True, images=int(row["n"]) if row else 0)
     except Exception as exc:  # noqa: BLE001 - health reports, never raises
-        database.update(ok=False, error=str(exc) if detailed else "the database is not reachable")
+        database.update(ok=False, error=database_cause(exc))
     bundles = state.engines.bundles_health()
     ok = database.get("ok") and all(b.get("ok") for b in bundles.values())
     if not detailed:
