@@ -163,11 +163,24 @@ def test_job_queue_claims_each_job_once(conn: Any, db: Any) -> None:
         b = jobs.claim_jobs(other, worker="b", limit=4)
     assert sorted(j.id for j in a + b) == ids
     assert jobs.complete_job(conn, job_id=a[0].id, worker="a", image_ids=[1, 2])
-    assert not jobs.complete_job(conn, job_id=a[1].id, worker="b", image_ids=[])
+    # a job is linked to its images once: whoever finishes first; a later finisher changes nothing
+    assert not jobs.complete_job(conn, job_id=a[0].id, worker="b", image_ids=[3])
     jobs.fail_job(conn, job_id=b[0].id, worker="b", error="out of memory")
     done, failed = jobs.get_job(conn, job_id=a[0].id), jobs.get_job(conn, job_id=b[0].id)
-    assert done.status == "done" and done.image_ids == [1, 2]
+    assert done.status == "done" and done.image_ids == [1, 2] and done.worker == "a"
     assert failed.status == "failed" and failed.error == "out of memory"
+
+
+def test_an_attempt_that_lost_its_lease_still_links_its_images_once(conn: Any) -> None:
+    (job_id,) = jobs.enqueue_jobs(conn, payloads=[{"prompt": "x"}], max_attempts=1)
+    jobs.claim_jobs(conn, worker="slow", lease_seconds=0.01)
+    conn.execute("SELECT pg_sleep(0.05)")
+    assert jobs.claim_jobs(conn, worker="other") == []  # attempts used up: marked failed (worker lost)
+    assert jobs.get_job(conn, job_id=job_id).status == "failed"
+    assert jobs.complete_job(conn, job_id=job_id, worker="slow", image_ids=[7])  # its images were made
+    job = jobs.get_job(conn, job_id=job_id)
+    assert job.status == "done" and job.image_ids == [7] and job.error is None
+    assert not jobs.complete_job(conn, job_id=job_id, worker="other", image_ids=[7])
 
 
 def test_expired_lease_is_taken_again(conn: Any) -> None:
