@@ -1,30 +1,46 @@
-"""FAISS index bundles: a folder with the index and its manifest. Ids are database ids; saves are atomic."""
+"""FAISS index bundles: a folder with the index and its manifest. Ids are database ids; saves are atomic.
+
+The manifest records the index file's size and sha256, so a damaged file is found before FAISS reads it (a
+truncated memory-mapped file would otherwise crash the process on first touch). Opening checks the size and the
+digest of a few sampled windows (`Verify.QUICK`, a few MiB whatever the size) or the whole file (`Verify.FULL`).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 import platform
-from dataclasses import asdict, dataclass, field
+import re
+import weakref
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from importlib import metadata
+from io import BufferedReader
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeVar
 
 import faiss
 import numpy as np
 from numpy.typing import NDArray
 
 from indexer.embedders.base import Vectors
-from promptdex.errors import IndexMismatch, IndexMissing, InvalidInput, PromptdexError
+from promptdex.errors import IndexCorrupt, IndexMismatch, IndexMissing, InvalidInput, PromptdexError
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # 2: the manifest holds the index file's size, sha256 and sampled digest; 1 (no checksum) still opens
+REBUILD = "run `promptdex index --rebuild` to rebuild it from the database"
+_INDEX_NAME = re.compile(r"index-(\d{6,})\.faiss")
+_HEAD = 1 << 20  # the quick check reads the first and last MiB (headers, id map) ...
+_WINDOW, _WINDOWS = 1 << 16, 8  # ... and 8 windows of 64 KiB spread between them
 Ids = NDArray[np.int64]
+T = TypeVar("T")
 # An approximate index with a refine stage ranks k * REFINE_K_FACTOR candidates from its compressed codes, then
 # re-ranks them with the finer stored codes (see BENCHMARKS.md: 10 loses almost nothing against 20 at 1M).
 REFINE_K_FACTOR = 10
@@ -61,6 +77,9 @@ class Manifest:
     updated_at: str = field(default_factory=_now)
     versions: dict[str, str] = field(default_factory=library_versions)
     format: int = FORMAT
+    index_bytes: int = 0
+    index_sha256: str = ""
+    index_probe: str = ""  # sha256 of the size and the windows the quick check reads
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,14 +90,161 @@ class Manifest:
         return cls(**known)
 
 
+_FIELD_TYPES: dict[str, type] = {"name": str, "kind": str, "model": str, "dim": int, "count": int,
+                                 "index_type": str, "index_file": str, "generation": int, "index_bytes": int,
+                                 "index_sha256": str, "index_probe": str}
+
+
+def _manifest_problem(data: Any) -> str | None:
+    """What makes `data` not a manifest this code can use, or None."""
+    if not isinstance(data, dict):
+        return "it is not a JSON object"
+    for name in ("name", "kind", "model", "dim", "index_file"):
+        if name not in data:
+            return f"it has no {name!r} field"
+    for name, kind in _FIELD_TYPES.items():
+        value = data.get(name)
+        negative = type(value) is int and value < 0
+        if value is not None and (type(value) is not kind or negative):
+            return f"its {name!r} field is not a {'non-negative integer' if kind is int else 'string'}"
+    if not _INDEX_NAME.fullmatch(data["index_file"]):
+        return "its 'index_file' is not a file name like index-000001.faiss"
+    return None
+
+
 def read_manifest(path: Path) -> Manifest | None:
-    """The manifest of the bundle folder `path`, or None when there is no bundle there."""
+    """The manifest of the bundle folder `path`, or None when there is no bundle there (IndexCorrupt if damaged)."""
+    file = path / MANIFEST
     try:
-        return Manifest.from_json(json.loads((path / MANIFEST).read_text(encoding="utf-8")))
+        text = file.read_bytes().decode("utf-8")
     except FileNotFoundError:
         return None
-    except (ValueError, TypeError) as exc:
-        raise PromptdexError(f"{path / MANIFEST}: not a bundle manifest ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise IndexCorrupt(f"{file} is damaged (not UTF-8 text): {REBUILD}") from exc
+    except OSError as exc:
+        raise IndexCorrupt(f"{file} cannot be read ({exc.strerror or type(exc).__name__}): check that the account "
+                           f"running promptdex may read it, or {REBUILD}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise IndexCorrupt(f"{file} is damaged: not a bundle manifest ({exc.msg}, line {exc.lineno} column "
+                           f"{exc.colno}: truncated or overwritten): {REBUILD}") from exc
+    problem = _manifest_problem(data)
+    if problem is not None:
+        raise IndexCorrupt(f"{file} is not a bundle manifest ({problem}): {REBUILD}")
+    return Manifest.from_json(data)
+
+
+def highest_generation(path: Path) -> int:
+    """The highest generation the folder's manifest or any file in it (committed or not) was given: a save takes a
+    higher one, so it never writes over a file that a reader may have mapped."""
+    found = 0
+    try:
+        manifest = read_manifest(path)
+        found = manifest.generation if manifest else 0
+    except IndexCorrupt:
+        pass  # damaged: the file names still tell
+    try:
+        names = [entry.name for entry in path.iterdir()]
+    except OSError:
+        return found
+    for name in names:
+        match = re.search(r"index-(\d+)\.faiss", name)
+        if match:
+            found = max(found, int(match.group(1)))
+    return found
+
+
+def sweep(path: Path) -> list[str]:
+    """Remove what interrupted saves left in a bundle folder: temporary files, and index files its manifest does not
+    name (none when the manifest is damaged: a rebuild replaces them). Only with no save running (the index lock)."""
+    try:
+        entries = list(path.iterdir())
+    except OSError:
+        return []
+    try:
+        manifest = read_manifest(path)
+    except IndexCorrupt:
+        manifest = None
+    removed = []
+    for entry in entries:
+        orphan = manifest is not None and _INDEX_NAME.fullmatch(entry.name) and entry.name != manifest.index_file
+        if entry.is_file() and (entry.name.endswith(".tmp") or orphan):
+            entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+    if removed:
+        logger.warning("%s: removed %d files an interrupted save left: %s", path, len(removed), ", ".join(removed))
+    return removed
+
+
+class Verify(StrEnum):
+    """How much of an index file to check against its manifest before reading it."""
+
+    QUICK = "quick"  # the size, and the sha256 of the first and last MiB and 8 windows between: a few MiB read
+    FULL = "full"  # the sha256 of the whole file (streamed): about 0.7 s per 500 MB from the page cache
+
+
+def _windows(size: int) -> list[tuple[int, int]]:
+    """(offset, length) of what the quick check reads: all of a small file."""
+    if size <= 2 * _HEAD + _WINDOWS * _WINDOW:
+        return [(0, size)]
+    spread = [((size * i) // (_WINDOWS + 1), _WINDOW) for i in range(1, _WINDOWS + 1)]
+    return [(0, _HEAD), *spread, (size - _HEAD, _HEAD)]
+
+
+def _probe(fd: int, size: int) -> str:
+    digest = hashlib.sha256(str(size).encode())
+    for offset, length in _windows(size):
+        while length > 0:
+            chunk = os.pread(fd, min(length, _HEAD), offset)
+            if not chunk:
+                break  # shorter than `size`: the digest differs
+            digest.update(chunk)
+            offset, length = offset + len(chunk), length - len(chunk)
+    return digest.hexdigest()
+
+
+def _check_file(handle: BufferedReader, file: Path, manifest: Manifest, mode: Verify) -> None:
+    """Raise IndexCorrupt, naming the file, when the open index file is not the one the manifest describes."""
+    if not manifest.index_sha256:
+        logger.info("%s has no checksum in its manifest (written by an older promptdex): it gets one at the next "
+                    "save", file)
+        return
+    damaged = f"bundle {manifest.name!r}: {file} is damaged"
+    size = os.fstat(handle.fileno()).st_size
+    if size != manifest.index_bytes:
+        raise IndexCorrupt(f"{damaged}: it is {size} bytes, its manifest says {manifest.index_bytes} (truncated or "
+                           f"overwritten): {REBUILD}")
+    if mode is Verify.QUICK:
+        ok = _probe(handle.fileno(), size) == manifest.index_probe
+    else:
+        handle.seek(0)
+        ok = hashlib.file_digest(handle, "sha256").hexdigest() == manifest.index_sha256
+    if not ok:
+        raise IndexCorrupt(f"{damaged}: its content does not match the sha256 checksum in its manifest: {REBUILD}")
+
+
+def _open_index_file(file: Path, manifest: Manifest) -> BufferedReader:
+    try:
+        return file.open("rb")
+    except FileNotFoundError as exc:
+        raise IndexCorrupt(f"bundle {manifest.name!r}: {file}, named by its manifest, is missing: {REBUILD}") from exc
+    except OSError as exc:
+        raise IndexCorrupt(f"bundle {manifest.name!r}: {file} cannot be read ({exc.strerror}): check that the "
+                           f"account running promptdex may read it, or {REBUILD}") from exc
+
+
+def verify_bundle(path: Path, *, mode: Verify = Verify.FULL) -> Manifest | None:
+    """The manifest of the bundle at `path` once its index file checks out (None: no bundle); IndexCorrupt if not."""
+    manifest = read_manifest(path)
+    if manifest is None:
+        return None
+    file = path / manifest.index_file
+    with _open_index_file(file, manifest) as handle:
+        _check_file(handle, file, manifest, mode)
+    if not manifest.index_sha256:
+        Bundle.open(path, mmap=True)  # no checksum to compare: FAISS reading it is the check
+    return manifest
 
 
 def _fsync_dir(path: Path) -> None:
@@ -94,27 +260,71 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(dest: Path, write: Any) -> None:
-    """Write via a temporary file in the same folder, fsync it, then rename over `dest`."""
+def _write_atomic(dest: Path, write: Callable[[IO[bytes]], T]) -> T:
+    """Write via a temporary file in the same folder, fsync it, then rename over `dest`. On any failure (a full
+    disk, an interrupt) the temporary file is removed and `dest` is left as it was."""
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    write(tmp)
-    with tmp.open("rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, dest)
+    try:
+        with tmp.open("w+b") as handle:
+            result = write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return result
 
 
-def _read_index(file: Path, index_type: str, *, mmap: bool) -> Any:
+@dataclass(frozen=True)
+class _Written:
+    size: int
+    sha256: str
+    probe: str
+
+
+def _write_index(index: Any, handle: IO[bytes]) -> _Written:
+    """Serialise `index` into `handle`, hashing on the way (one pass; the file's own write errors surface as
+    OSError, not as FAISS's C++ text)."""
+    digest = hashlib.sha256()
+
+    def write(chunk: bytes) -> int:
+        handle.write(chunk)
+        digest.update(chunk)
+        return len(chunk)
+
+    faiss.write_index(index, faiss.PyCallbackIOWriter(write, _HEAD))  # type: ignore[attr-defined]
+    handle.flush()
+    size = handle.tell()
+    return _Written(size, digest.hexdigest(), _probe(handle.fileno(), size))
+
+
+def _read_index(file: Path, manifest: Manifest, *, mmap: bool) -> Any:
     """Read an index file; memory-mapped, the big arrays stay in the file's pages (shared with the page cache):
     inverted lists of a plain IVF index, else the flat codes (exact vectors, a refine stage's codes)."""
-    if not mmap:
-        return faiss.read_index(str(file))
     ivf_lists = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
     flat_codes = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) | faiss.IO_FLAG_READ_ONLY
-    order = [ivf_lists, flat_codes] if "IVF" in index_type and "Refine" not in index_type else [flat_codes, ivf_lists]
-    try:
-        return faiss.read_index(str(file), order[0])
-    except RuntimeError:
-        return faiss.read_index(str(file), order[1])
+    plain_ivf = "IVF" in manifest.index_type and "Refine" not in manifest.index_type
+    order = ([ivf_lists, flat_codes] if plain_ivf else [flat_codes, ivf_lists]) if mmap else [0]
+    for flags in order:
+        try:
+            return faiss.read_index(str(file), flags)
+        except (RuntimeError, MemoryError) as exc:
+            logger.debug("FAISS could not read %s with flags %d: %s", file, flags, exc)  # C++ text: for developers
+    written = manifest.versions.get("faiss", "an unknown version")
+    raise IndexCorrupt(f"bundle {manifest.name!r}: FAISS {faiss.__version__} cannot read {file} (written by FAISS "
+                       f"{written}): the file is damaged or from an incompatible FAISS: {REBUILD}")
+
+
+@dataclass(frozen=True)
+class _Mapped:
+    """The memory-mapped file of an open bundle, kept open to notice a change in place (which would crash a search
+    that touches a page past a new end of file)."""
+
+    file: Path
+    handle: BufferedReader
+    size: int
+    mtime_ns: int
 
 
 def _is_ivf(index: Any) -> bool:
@@ -137,6 +347,7 @@ class Bundle:
 
     def __init__(self, path: Path, manifest: Manifest, index: Any, *, read_only: bool = False) -> None:
         self.path, self.manifest, self.index, self.read_only = path, manifest, index, read_only
+        self._mapped: _Mapped | None = None
 
     @classmethod
     def create(cls, path: Path, *, name: str, kind: str, model: str, dim: int, generation: int = 0) -> Bundle:
@@ -145,8 +356,11 @@ class Bundle:
         return cls(path, manifest, faiss.IndexIDMap2(faiss.IndexFlatIP(dim)))
 
     @classmethod
-    def open(cls, path: Path, *, model: str | None = None, mmap: bool = False, nprobe: int = 16) -> Bundle:
-        """Load a bundle in memory or memory-mapped. With `model`, a bundle built by another model is refused."""
+    def open(cls, path: Path, *, model: str | None = None, mmap: bool = False, nprobe: int = 16,
+             verify: Verify | None = None) -> Bundle:
+        """Load a bundle in memory or memory-mapped, after checking its index file against the manifest (`verify`:
+        FULL in memory, where the whole file is read anyway; QUICK memory-mapped). With `model`, a bundle built by
+        another model is refused. A damaged or unreadable bundle raises IndexCorrupt naming the file."""
         manifest = read_manifest(path)
         if manifest is None:
             raise IndexMissing(f"no index bundle at {path}: run `promptdex index` first")
@@ -154,16 +368,41 @@ class Bundle:
             raise IndexMismatch(
                 f"bundle {manifest.name!r} at {path} was built with {manifest.model}, but the loaded embedder is "
                 f"{model}: run `promptdex index --rebuild`, or load the model the bundle was built with")
+        file = path / manifest.index_file
+        handle = _open_index_file(file, manifest)
         try:
-            index = _read_index(path / manifest.index_file, manifest.index_type, mmap=mmap)
-        except RuntimeError as exc:
-            raise PromptdexError(f"bundle {manifest.name!r}: cannot read {path / manifest.index_file}: {exc}") from exc
+            _check_file(handle, file, manifest, verify or (Verify.QUICK if mmap else Verify.FULL))
+            index = _read_index(file, manifest, mmap=mmap)
+            stat = os.fstat(handle.fileno())
+            if mmap and os.stat(file).st_ino != stat.st_ino:
+                raise IndexCorrupt(f"bundle {manifest.name!r}: {file} was replaced while it was being opened "
+                                   "(only `promptdex index` should write bundles): open it again")
+        except BaseException:
+            handle.close()
+            raise
         if index.d != manifest.dim or index.ntotal != manifest.count:
-            raise PromptdexError(f"bundle {manifest.name!r} at {path}: the index has {index.ntotal} vectors of "
-                                 f"dim {index.d}, its manifest says {manifest.count} of dim {manifest.dim}")
+            handle.close()
+            raise IndexCorrupt(f"bundle {manifest.name!r}: {file} has {index.ntotal} vectors of dim {index.d}, its "
+                               f"manifest says {manifest.count} of dim {manifest.dim}: {REBUILD}")
         bundle = cls(path, manifest, index, read_only=mmap)
+        if mmap:
+            bundle._mapped = _Mapped(file, handle, stat.st_size, stat.st_mtime_ns)
+            weakref.finalize(bundle, handle.close)
+        else:
+            handle.close()
         bundle.set_nprobe(nprobe)
         return bundle
+
+    def check_intact(self) -> None:
+        """For a memory-mapped bundle: raise IndexCorrupt when its file was changed in place since it was opened
+        (one fstat). Saves never do that, they write a new file; something else did."""
+        mapped = self._mapped
+        if mapped is None:
+            return
+        stat = os.fstat(mapped.handle.fileno())
+        if (stat.st_size, stat.st_mtime_ns) != (mapped.size, mapped.mtime_ns):
+            raise IndexCorrupt(f"bundle {self.manifest.name!r}: {mapped.file} was changed in place while it was in "
+                               f"use (now {stat.st_size} bytes, it was {mapped.size}): {REBUILD}")
 
     @property
     def count(self) -> int:
@@ -281,22 +520,36 @@ class Bundle:
         return ids.astype(np.int64), scores.astype(np.float32)
 
     def save(self) -> Manifest:
-        """Write the index beside the old one, fsync, rename; then the manifest the same way (the commit point)."""
+        """Write the index beside the old one (a new generation's file), fsync, rename; then the manifest the same
+        way: the commit point. Whatever the folder holds (a damaged manifest or index file, leftovers) is replaced
+        only then; a failed save leaves the folder as it was, with no temporary file."""
         if self.read_only:
             raise PromptdexError(f"bundle {self.manifest.name!r} is memory-mapped (read-only)")
-        self.path.mkdir(parents=True, exist_ok=True)
-        on_disk = read_manifest(self.path)
-        generation = max(self.manifest.generation, on_disk.generation if on_disk else 0) + 1
-        index_file = f"index-{generation:06d}.faiss"
-        _write_atomic(self.path / index_file, lambda tmp: faiss.write_index(self.index, str(tmp)))
-        self.manifest.generation, self.manifest.index_file = generation, index_file
-        self.manifest.count, self.manifest.updated_at = self.count, _now()
-        self.manifest.versions = library_versions()
-        text = json.dumps(self.manifest.to_json(), indent=1)
-        _write_atomic(self.path / MANIFEST, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        name = self.manifest.name
+        dest = self.path / MANIFEST
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            generation = max(self.manifest.generation, highest_generation(self.path)) + 1
+            dest = self.path / f"index-{generation:06d}.faiss"
+            written = _write_atomic(dest, lambda handle: _write_index(self.index, handle))
+            manifest = replace(self.manifest, generation=generation, index_file=dest.name, count=self.count,
+                               updated_at=_now(), versions=library_versions(), format=FORMAT,
+                               index_bytes=written.size, index_sha256=written.sha256, index_probe=written.probe)
+            text = json.dumps(manifest.to_json(), indent=1).encode()
+            try:
+                dest = self.path / MANIFEST
+                _write_atomic(dest, lambda handle: handle.write(text))
+            except BaseException:
+                (self.path / manifest.index_file).unlink(missing_ok=True)  # never committed
+                raise
+        except OSError as exc:
+            raise PromptdexError(f"bundle {name!r}: cannot write {dest} ({exc.strerror or type(exc).__name__}): free "
+                                 f"disk space in {self.path.parent} or make it writable, then run the command again "
+                                 "(the bundle on disk is unchanged)") from exc
+        self.manifest = manifest
         _fsync_dir(self.path)
         for old in self.path.iterdir():
-            if old.name != index_file and (old.name.startswith("index-") or old.name.endswith(".tmp")):
+            if old.name != manifest.index_file and (old.name.startswith("index-") or old.name.endswith(".tmp")):
                 old.unlink(missing_ok=True)  # readers that mapped an old file keep it until they close it
-        logger.info("saved bundle %s: %d vectors, generation %d", self.manifest.name, self.count, generation)
+        logger.info("saved bundle %s: %d vectors, generation %d", name, self.count, generation)
         return self.manifest

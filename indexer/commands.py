@@ -22,11 +22,18 @@ def register(sub: Any) -> None:
     imp.add_argument("--workers", type=int, default=None, help="decoding threads (default: one per CPU core)")
     imp.add_argument("--json", action="store_true", help="print the summary as JSON")
     imp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    imp.add_argument("--prune", action="store_true",
+                     help="forget recorded files under PATH that are gone; images no file holds any more are "
+                          "marked missing (hidden from search, their files answer 410)")
     imp.set_defaults(func=run_import)
 
     index = sub.add_parser("index", help="embed new images and prompts; update FAISS bundles and keyword index")
-    index.add_argument("action", nargs="?", choices=["status"], help="status: counts per bundle and pending work")
-    index.add_argument("--rebuild", action="store_true", help="start the bundles and the keyword index afresh")
+    index.add_argument("action", nargs="?", choices=["status"],
+                       help="status: each bundle checked against its checksum, counts and pending work (exit 1 "
+                            "when a bundle is damaged)")
+    index.add_argument("--rebuild", action="store_true",
+                       help="rebuild the bundles from the database, whatever state their folders are in (each new "
+                            "bundle replaces the old one only once complete), and the keyword index")
     index.add_argument("--json", action="store_true", help="print JSON")
     index.add_argument("--no-progress", action="store_true", help="no progress bar")
     index.set_defaults(func=run_index_command)
@@ -74,7 +81,8 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
     db = open_database(settings)
     try:
         with db.connect(autocommit=True) as conn:
-            summary = import_paths(conn, settings, args.paths, workers=args.workers, progress=not args.no_progress)
+            summary = import_paths(conn, settings, args.paths, workers=args.workers, progress=not args.no_progress,
+                                   prune=args.prune, database=db.display)
     finally:
         db.close()
     if args.json:
@@ -85,7 +93,8 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
         for path, warning in summary.warnings:
             out(f"warning: {path}: {warning}")
         out(summary.line())
-    return 1 if summary.errors and not summary.imported and not summary.unchanged and not summary.duplicates else 0
+    did_something = summary.imported or summary.unchanged or summary.duplicates or summary.vanished
+    return 1 if summary.errors and not did_something else 0
 
 
 def run_index_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -101,7 +110,8 @@ def run_index_command(args: argparse.Namespace, settings: Settings) -> int:
                 return _print_status(index_status(conn, settings, keyword), as_json=args.json)
             from indexer.embedders import load_embedders
 
-            report = run_index(conn, settings, load_embedders(settings), keyword, rebuild=args.rebuild,
+            # the models load only once the bundles are known to be usable (a damaged one stops the run first)
+            report = run_index(conn, settings, lambda: load_embedders(settings), keyword, rebuild=args.rebuild,
                                progress=not args.no_progress)
     finally:
         db.close()
@@ -116,13 +126,19 @@ def run_index_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_status(status: dict[str, Any], *, as_json: bool) -> int:
+    """Print the status; exit 1 when a bundle is damaged (its line says what to run)."""
+    damaged = any(b["state"] == "damaged" for b in status["bundles"])
     if as_json:
         out(json.dumps(status, indent=1))
-        return 0
+        return 1 if damaged else 0
     for b in status["bundles"]:
-        built = (f"{b['count']} vectors, {b['index_type']}, model {b['model']}, generation {b['generation']}"
-                 if b["built"] else "not built")
+        if b["state"] == "damaged":
+            built = f"DAMAGED: {b['error']}"
+        elif b["built"]:
+            built = f"{b['count']} vectors, {b['index_type']}, model {b['model']}, generation {b['generation']}"
+        else:
+            built = "not built"
         out(f"{b['name']}: {built}; recorded {b['recorded']}, pending {b['pending']}")
     k = status["keyword"]
     out(f"keyword ({k['backend']}): recorded {k['recorded']}, pending {k['pending']}")
-    return 0
+    return 1 if damaged else 0

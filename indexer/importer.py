@@ -2,36 +2,79 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from tqdm import tqdm
 
-from indexer.images import IMAGE_SUFFIXES, ImageRejected, decode_image, thumbnail_path, write_thumbnail
+from indexer.images import (
+    IMAGE_SUFFIXES,
+    ImageRejected,
+    decode_image,
+    file_holds,
+    is_storage_failure,
+    sweep_temp_files,
+    temp_dir,
+    thumbnail_path,
+    write_thumbnail,
+)
 from indexer.metadata.reader import read_metadata
 from indexer.metadata.result import ReadResult
-from promptdex.records import NewImage
+from promptdex.errors import DatabaseError, PromptdexError
+from promptdex.records import FileRecord, FileStatus, NewImage
 from promptdex.settings import Settings
-from promptdex.store import add_image
+from promptdex.store import (
+    add_image,
+    current_files,
+    file_records,
+    forget_file,
+    image_location,
+    images_at,
+    mark_missing,
+    move_image,
+    other_copies,
+    record_file,
+    recorded_under,
+)
 
 logger = logging.getLogger(__name__)
 
 Conn = psycopg.Connection[Any]
-_BATCH = 64  # files per database transaction
+_BATCH = 64  # files per database transaction at most
+_BATCH_SECONDS = 1.0  # ... and at most this long between commits, so a lost database is noticed at once
+_AHEAD = 4  # files decoded ahead per worker thread: after a stop, at most this many are thrown away
+
+
+class ImportStopped(PromptdexError):
+    """A problem every remaining file would hit (the thumbnails disk is full, read-only...): the import stopped."""
+
+
+class _Outcome(StrEnum):
+    IMPORTED = "imported"
+    UNCHANGED = "unchanged"
+    DUPLICATE = "duplicate"
+    ERROR = "error"
 
 
 @dataclass
 class ImportSummary:
-    """What an import did. `errors` and `warnings` are (file, message) pairs."""
+    """What an import did. `errors` and `warnings` are (file, message) pairs; each file is counted once.
+
+    `missing`: rows marked missing (no file holds their content any more); `vanished`: recorded files found
+    gone by `--prune` (None when it did not run).
+    """
 
     files: int = 0
     imported: int = 0
@@ -39,17 +82,29 @@ class ImportSummary:
     duplicates: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[tuple[str, str]] = field(default_factory=list)
+    missing: int = 0
+    vanished: int | None = None
     seconds: float = 0.0
 
     def line(self) -> str:
+        pruned = "" if self.vanished is None else f", vanished {self.vanished}"
         return (f"imported {self.imported}, unchanged {self.unchanged}, duplicates {self.duplicates}, "
-                f"errors {len(self.errors)}, metadata problems {len(self.warnings)} "
-                f"({self.files} files in {self.seconds:.1f} s)")
+                f"errors {len(self.errors)}, metadata problems {len(self.warnings)}, marked missing {self.missing}"
+                f"{pruned} ({self.files} files in {self.seconds:.1f} s)")
 
     def to_json(self) -> dict[str, Any]:
         return {"files": self.files, "imported": self.imported, "unchanged": self.unchanged,
                 "duplicates": self.duplicates, "errors": [{"file": f, "error": e} for f, e in self.errors],
-                "warnings": [{"file": f, "warning": w} for f, w in self.warnings], "seconds": round(self.seconds, 3)}
+                "warnings": [{"file": f, "warning": w} for f, w in self.warnings], "missing": self.missing,
+                "vanished": self.vanished, "seconds": round(self.seconds, 3)}
+
+    def count(self, outcome: _Outcome) -> None:
+        if outcome is _Outcome.IMPORTED:
+            self.imported += 1
+        elif outcome is _Outcome.UNCHANGED:
+            self.unchanged += 1
+        elif outcome is _Outcome.DUPLICATE:
+            self.duplicates += 1
 
 
 @dataclass
@@ -62,12 +117,27 @@ class _Prepared:
     error: str | None = None
 
 
+class _StorageFailure(Exception):
+    """A thumbnail write failed because of the disk, not the file (raised from a worker, stops the import)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error.strerror or str(error))
+        self.error = error
+
+
+def _normal(path: str | Path) -> Path:
+    return Path(os.path.normpath(Path(path).expanduser().absolute()))
+
+
 def scan(paths: Sequence[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Image files under `paths` (recursive, sorted, absolute), and (path, problem) for paths that are not usable."""
+    """Image files under `paths` (recursive, sorted, absolute), and (path, problem) for paths that are not usable.
+
+    A file reached twice (named twice, inside two named folders, or through a symbolic link) is listed once.
+    """
     found: list[Path] = []
     problems: list[tuple[str, str]] = []
     for raw in paths:
-        path = Path(raw).expanduser().absolute()
+        path = _normal(raw)
         if path.is_dir():
             for root, dirs, files in os.walk(path):
                 dirs.sort()
@@ -79,24 +149,10 @@ def scan(paths: Sequence[str | Path]) -> tuple[list[Path], list[tuple[str, str]]
                 problems.append((str(path), f"not a .png, .jpg, .jpeg or .webp file (suffix {path.suffix!r})"))
         else:
             problems.append((str(path), "no such file or folder"))
-    return list(dict.fromkeys(found)), problems
-
-
-def _known(conn: Conn, files: list[Path]) -> dict[str, tuple[int, float]]:
-    """(size, mtime) of files seen before (imported or duplicate) or already in the corpus, by path."""
-    known: dict[str, tuple[int, float]] = {}
-    names = [str(p) for p in files]
-    for start in range(0, len(names), 2000):
-        chunk = names[start:start + 2000]
-        rows = conn.execute(
-            "SELECT path, file_size, file_mtime FROM imported_files WHERE path = ANY(%s) AND status <> 'error' "
-            "UNION ALL SELECT path, file_size, file_mtime FROM images WHERE path = ANY(%s) "
-            "AND file_size IS NOT NULL AND file_mtime IS NOT NULL",
-            (chunk, chunk),
-        ).fetchall()
-        for row in rows:
-            known[row["path"]] = (int(row["file_size"]), float(row["file_mtime"]))
-    return known
+    unique: dict[str, Path] = {}
+    for file in found:
+        unique.setdefault(os.path.realpath(file), file)
+    return list(unique.values()), problems
 
 
 def _generation_fields(generation: dict[str, Any] | None) -> dict[str, Any]:
@@ -114,9 +170,14 @@ def _generation_fields(generation: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def prepare(path: Path, settings: Settings) -> _Prepared:
-    """Decode, hash, read metadata and write the thumbnail of one file (runs in a worker thread)."""
+    """Decode, hash, read metadata and write the thumbnail of one file (runs in a worker thread).
+
+    Raises `_StorageFailure` when the thumbnail cannot be written for a reason every file would share.
+    """
     try:
         return _prepare(path, settings)
+    except _StorageFailure:
+        raise
     except Exception as exc:  # noqa: BLE001 - one bad file must never stop an import; it is reported
         logger.exception("%s: unexpected failure while importing", path)
         return _Prepared(path, 0, 0.0, error=f"{path}: unexpected failure: {type(exc).__name__}: {exc}")
@@ -139,9 +200,11 @@ def _prepare(path: Path, settings: Settings) -> _Prepared:
         prepared.warnings.append(result.error)
     try:
         write_thumbnail(decoded.image, thumbnail_path(settings.thumbs_path, decoded.sha256),
-                        size=settings.indexer.thumb_size)
+                        size=settings.indexer.thumb_size, tmp_dir=temp_dir(settings.thumbs_path))
     except OSError as exc:
-        prepared.error = f"{path}: cannot write its thumbnail: {exc}"
+        if is_storage_failure(exc):
+            raise _StorageFailure(exc) from exc
+        prepared.error = f"{path}: cannot write its thumbnail: {exc.strerror or exc}"
         return prepared
     prepared.size, prepared.mtime = decoded.file_size, decoded.file_mtime
     prepared.image = NewImage(
@@ -153,41 +216,89 @@ def _prepare(path: Path, settings: Settings) -> _Prepared:
     return prepared
 
 
-def _record_file(conn: Conn, item: _Prepared, status: str, sha256: str | None, image_id: int | None) -> None:
-    conn.execute(
-        "INSERT INTO imported_files (path, file_size, file_mtime, sha256, image_id, status, error) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (path) DO UPDATE SET file_size = EXCLUDED.file_size, "
-        "file_mtime = EXCLUDED.file_mtime, sha256 = EXCLUDED.sha256, image_id = EXCLUDED.image_id, "
-        "status = EXCLUDED.status, error = EXCLUDED.error, seen_at = now()",
-        (str(item.path), item.size, item.mtime, sha256, image_id, status, item.error),
-    )
-
-
-def _batches(items: Iterable[_Prepared], size: int) -> Iterator[list[_Prepared]]:
-    batch: list[_Prepared] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _in_order(pool: ThreadPoolExecutor, todo: Sequence[Path], work: Callable[[Path], _Prepared],
+              ahead: int) -> Iterator[_Prepared]:
+    """`work` of each path, in order, with at most `ahead` files in flight (never the whole folder at once)."""
+    pending: deque[Future[_Prepared]] = deque()
+    paths = iter(todo)
+    for path in paths:
+        pending.append(pool.submit(work, path))
+        if len(pending) >= ahead:
+            break
+    while pending:
+        item = pending.popleft().result()
+        following = next(paths, None)
+        if following is not None:
+            pending.append(pool.submit(work, following))
+        yield item
 
 
 def import_paths(conn: Conn, settings: Settings, paths: Sequence[str | Path], *, workers: int | None = None,
-                 progress: bool = True) -> ImportSummary:
+                 progress: bool = True, prune: bool = False, database: str | None = None) -> ImportSummary:
     """Import every image under `paths` into the corpus; one bad file is reported and skipped, never fatal.
 
     Unchanged files (same path, size and mtime as last time) are skipped; the same content at another path
-    is a duplicate (one row per sha256). `conn` must not be in autocommit mode's middle of a transaction;
-    each batch of files is committed on its own, so an interrupted import keeps what it finished.
+    is a duplicate (one row per sha256). A path whose content changed moves to the new content's row, and the
+    old row keeps only a file that still holds its content, or is marked missing. With `prune`, recorded files
+    under `paths` that are gone are forgotten and rows no file holds any more are marked missing.
+
+    Each batch of files is committed on its own, so an interrupted import keeps what it finished. What no file
+    could escape stops the import at once: a lost database raises DatabaseError (naming `database`, by default
+    the connection's database), a full or read-only thumbnails disk raises ImportStopped.
     """
     started = time.monotonic()
-    summary = ImportSummary()
+    where = database or f"PostgreSQL database {conn.info.dbname!r}"
+    summary = ImportSummary(vanished=0 if prune else None)
     files, problems = scan(paths)
     summary.errors.extend(problems)
     summary.files = len(files)
-    known = _known(conn, files)
+    sweep_temp_files(temp_dir(settings.thumbs_path))
+    stored = 0
+    todo: list[Path] = []
+    try:
+        todo, records = _changed_files(conn, files, summary)
+        threads = workers or settings.indexer.import_workers or os.cpu_count() or 1
+        bar = tqdm(total=len(todo), unit="file", desc="import", disable=not progress or not todo, file=sys.stderr)
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="import")
+        try:
+            batch: list[_Prepared] = []
+            since = time.monotonic()
+            try:
+                for item in _in_order(pool, todo, lambda p: prepare(p, settings), threads * _AHEAD):
+                    batch.append(item)
+                    if len(batch) >= _BATCH or time.monotonic() - since >= _BATCH_SECONDS:
+                        _store_batch(conn, batch, records, summary)
+                        stored += len(batch)
+                        bar.update(len(batch))
+                        batch, since = [], time.monotonic()
+            except _StorageFailure:
+                _store_batch(conn, batch, records, summary)  # the files finished before the disk filled are kept
+                stored += len(batch)
+                raise
+            if batch:
+                _store_batch(conn, batch, records, summary)
+                stored += len(batch)
+                bar.update(len(batch))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # files in flight finish or clean up their temp files
+            bar.close()
+        if prune:
+            _prune(conn, [str(_normal(p)) for p in paths], summary)
+    except _StorageFailure as exc:
+        raise ImportStopped(_storage_message(exc.error, settings, stored, len(todo))) from exc.error
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        raise DatabaseError(_database_message(exc, where, stored, len(todo))) from exc
+    summary.seconds = time.monotonic() - started
+    logger.info("import: %s", summary.line())
+    return summary
+
+
+def _changed_files(conn: Conn, files: list[Path], summary: ImportSummary) -> tuple[list[Path], dict[str, FileRecord]]:
+    """Files new or changed since the last import (the others are counted unchanged), and what was recorded."""
+    names = [str(p) for p in files]
+    records = file_records(conn, paths=names)
+    known = current_files(conn, paths=names)
+    known.update((name, (r.file_size, r.file_mtime)) for name, r in records.items() if r.status != FileStatus.ERROR)
     todo: list[Path] = []
     for path in files:
         try:
@@ -199,32 +310,131 @@ def import_paths(conn: Conn, settings: Settings, paths: Sequence[str | Path], *,
             summary.unchanged += 1
         else:
             todo.append(path)
-    threads = workers or settings.indexer.import_workers or os.cpu_count() or 1
-    bar = tqdm(total=len(todo), unit="file", desc="import", disable=not progress or not todo, file=sys.stderr)
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="import") as pool:
-        results = pool.map(lambda p: prepare(p, settings), todo)
-        for batch in _batches(results, _BATCH):
-            with conn.transaction():
-                for item in batch:
-                    _store(conn, item, summary)
-            bar.update(len(batch))
-    bar.close()
-    summary.seconds = time.monotonic() - started
-    logger.info("import: %s", summary.line())
-    return summary
+    return todo, records
 
 
-def _store(conn: Conn, item: _Prepared, summary: ImportSummary) -> None:
-    for warning in item.warnings:
-        summary.warnings.append((str(item.path), warning.removeprefix(f"{item.path}: ")))
+def _store_batch(conn: Conn, batch: list[_Prepared], records: dict[str, FileRecord], summary: ImportSummary) -> None:
+    """Store a batch in one transaction; a file the database refuses (bad data) is an error of that file only."""
+    outcomes: list[tuple[_Prepared, _Outcome, int, str | None]] = []
+    with conn.transaction():
+        for item in batch:
+            try:
+                with conn.transaction():  # a savepoint: one refused file does not undo the batch
+                    outcome, missing = _store(conn, item, records.get(str(item.path)))
+                outcomes.append((item, outcome, missing, None))
+            except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                reason = f"the database refused it: {exc.diag.message_primary or type(exc).__name__}"
+                with conn.transaction():
+                    _record_error(conn, item, reason)
+                outcomes.append((item, _Outcome.ERROR, 0, reason))
+    for item, outcome, missing, refused in outcomes:  # counted once the batch is committed
+        for warning in item.warnings:
+            summary.warnings.append((str(item.path), warning.removeprefix(f"{item.path}: ")))
+        if outcome is _Outcome.ERROR:
+            message = refused or item.error or "not imported"
+            summary.errors.append((str(item.path), message.removeprefix(f"{item.path}: ")))
+        summary.count(outcome)
+        summary.missing += missing
+
+
+def _record_error(conn: Conn, item: _Prepared, error: str) -> None:
+    record_file(conn, record=FileRecord(path=str(item.path), file_size=item.size, file_mtime=item.mtime,
+                                        status=FileStatus.ERROR, error=error))
+
+
+def _store(conn: Conn, item: _Prepared, previous: FileRecord | None) -> tuple[_Outcome, int]:
+    """Store one prepared file. Returns its outcome and how many rows it left marked missing (0 or 1)."""
+    path = str(item.path)
+    released = previous.image_id if previous is not None else None
     if item.image is None:
-        message = item.error or "not imported"
-        summary.errors.append((str(item.path), message.removeprefix(f"{item.path}: ")))
-        _record_file(conn, item, "error", None, None)
-        return
+        missing = _release(conn, released, path) if released is not None else 0
+        _record_error(conn, item, item.error or "not imported")
+        return _Outcome.ERROR, missing
     image_id, created = add_image(conn, image=item.image)
-    if created:
-        summary.imported += 1
+    outcome, status = _Outcome.IMPORTED, FileStatus.IMPORTED
+    if not created:
+        location = image_location(conn, image_id=image_id)
+        if location is not None and (location.missing or location.path == path):
+            # its content is back (revived), or the same file was touched: this path is the row's file
+            move_image(conn, image_id=image_id, path=path, file_size=item.size, file_mtime=item.mtime)
+            if not location.missing:
+                outcome = _Outcome.UNCHANGED
+                status = previous.status if previous is not None and previous.image_id == image_id else status
+        elif previous is not None and previous.image_id == image_id:
+            outcome, status = _Outcome.UNCHANGED, previous.status  # a copy seen before, only touched
+        else:
+            outcome, status = _Outcome.DUPLICATE, FileStatus.DUPLICATE
+    missing = _release(conn, released, path) if released is not None and released != image_id else 0
+    record_file(conn, record=FileRecord(path=path, file_size=item.size, file_mtime=item.mtime,
+                                        sha256=item.image.sha256, image_id=image_id, status=status))
+    return outcome, missing
+
+
+def _release(conn: Conn, image_id: int, path: str) -> int:
+    """`path` no longer holds this image's content: move the row to a copy that does, or mark it missing.
+
+    Returns 1 when the row was marked missing, else 0 (its file was elsewhere already, or a copy took over).
+    """
+    location = image_location(conn, image_id=image_id)
+    if location is None or location.missing or location.path != path:
+        return 0
+    for copy in other_copies(conn, image_id=image_id, besides=path):
+        holder = Path(copy.path)
+        if file_holds(holder, sha256=location.sha256, file_size=copy.file_size, file_mtime=copy.file_mtime):
+            stat = holder.stat()
+            move_image(conn, image_id=image_id, path=copy.path, file_size=stat.st_size, file_mtime=stat.st_mtime)
+            logger.info("image %d: %s changed or is gone; its content is now served from %s", image_id, path,
+                        copy.path)
+            return 0
+    mark_missing(conn, image_id=image_id)
+    logger.info("image %d: %s changed or is gone and no other file holds its content: marked missing",
+                image_id, path)
+    return 1
+
+
+def _prune(conn: Conn, roots: list[str], summary: ImportSummary) -> None:
+    """Forget recorded files under `roots` that are gone; mark missing the rows no remaining file holds."""
+    gone_roots: set[str] = set()
+    with conn.transaction():
+        for path in recorded_under(conn, roots=roots):
+            if os.path.isfile(path):
+                continue
+            for image_id in images_at(conn, path=path):
+                summary.missing += _release(conn, image_id, path)
+            forget_file(conn, path=path)
+            summary.vanished = (summary.vanished or 0) + 1
+            gone_roots.update(r for r in roots if path == r or path.startswith(r.rstrip("/") + "/"))
+    # a named folder or file that is gone on purpose is what --prune is for, not an error
+    summary.errors = [(p, e) for p, e in summary.errors if p not in gone_roots or os.path.exists(p)]
+
+
+_STORAGE_ADVICE = {
+    errno.ENOSPC: ("the disk is full", "free space there"),
+    errno.EDQUOT: ("the disk quota is used up", "free space there or raise the quota"),
+    errno.EROFS: ("it is on a read-only file system", "mount it writable"),
+    errno.EACCES: ("this user may not write there", "give this user write permission on it"),
+    errno.EPERM: ("this user may not write there", "give this user write permission on it"),
+    errno.EIO: ("the disk reports input/output errors", "check the disk"),
+}
+
+
+def _storage_message(error: OSError, settings: Settings, stored: int, total: int) -> str:
+    what, advice = _STORAGE_ADVICE.get(error.errno or 0, (error.strerror or str(error), "fix it"))
+    return (f"{settings.thumbs_path}: cannot write thumbnails: {what} ({error.strerror}); the import stopped after "
+            f"storing {stored} of {total} new or changed files. {advice[0].upper()}{advice[1:]}, or set "
+            "PROMPTDEX_THUMBS_DIR to a folder on another disk, then run the same import again: what was stored "
+            "is kept and skipped")
+
+
+def _database_message(exc: psycopg.Error, where: str, stored: int, total: int) -> str:
+    state = getattr(exc, "sqlstate", None) or ""
+    if state == "53100":
+        cause, advice = "PostgreSQL's disk is full", "free space on the database server's disk"
+    elif state.startswith("57P") or "terminat" in str(exc).lower() or isinstance(exc, psycopg.InterfaceError):
+        cause = "the server closed the connection (it stopped or restarted, or an administrator ended the session)"
+        advice = "check that PostgreSQL is running and reachable (PROMPTDEX_DATABASE_URL)"
     else:
-        summary.duplicates += 1
-    _record_file(conn, item, "imported" if created else "duplicate", item.image.sha256, image_id)
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        cause, advice = f"the database failed: {reason}", "check PostgreSQL and PROMPTDEX_DATABASE_URL"
+    return (f"{where}: {cause}; the import stopped after storing {stored} of {total} new or changed files. "
+            f"{advice[0].upper()}{advice[1:]}, then run the same import again: what was stored is kept and skipped")

@@ -1,9 +1,15 @@
 """`promptdex index`: embed what is not embedded yet, update the FAISS bundles and the keyword index, resumably.
 
 Crash safety: a bundle is saved atomically first, then the ids it gained are recorded in `index_entries` in one
-transaction. On start, the bundle on disk and `index_entries` are reconciled (ids in the bundle but not
-recorded are recorded; records without a vector are dropped, so those items are embedded again), so a run
-killed at any point leaves neither duplicate nor missing vectors once the next run has finished.
+transaction. On start, what interrupted saves left is swept, every bundle is checked against its checksum (a
+damaged one stops the run before any work, naming the file and `--rebuild`), and the bundle on disk and
+`index_entries` are reconciled (ids in the bundle but not recorded are recorded; records without a vector are
+dropped, so those items are embedded again), so a run killed at any point leaves neither duplicate nor missing
+vectors once the next run has finished.
+
+`--rebuild` reads nothing from the old bundle: it embeds every row into a new bundle in memory, saves it beside the
+old one (a new generation, committed by the manifest's rename) and only then replaces the bundle's records in one
+transaction. Until that moment the old bundle and its records stay as they were, whatever state the folder is in.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,12 +29,12 @@ import psycopg
 from psycopg import sql
 from tqdm import tqdm
 
-from indexer.bundles import Bundle, read_manifest
+from indexer.bundles import MANIFEST, Bundle, Verify, read_manifest, sweep, verify_bundle
 from indexer.embedders import Embedder, Embedders, Vectors
 from indexer.images import ImageRejected, dhash, ensure_thumbnail, image_file, load_for_embedding
 from indexer.keyword.base import KeywordIndex, rows
-from promptdex.errors import PromptdexError
-from promptdex.index_state import forget_bundle, indexed_ids, record_indexed, upsert_bundle
+from promptdex.errors import IndexCorrupt, IndexMismatch, PromptdexError
+from promptdex.index_state import indexed_ids, record_indexed, replace_indexed, upsert_bundle
 from promptdex.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -60,6 +67,7 @@ class BundleReport:
     dropped: int = 0
     removed: int = 0
     skipped: list[tuple[int, str]] = field(default_factory=list)
+    replaced_damaged: str = ""  # a rebuild over a damaged bundle: what was wrong with it
 
 
 @dataclass
@@ -70,7 +78,8 @@ class IndexReport:
     seconds: float = 0.0
 
     def line(self) -> str:
-        parts = [f"{b.name}: +{b.added} ({b.total} total)" for b in self.bundles]
+        parts = [f"{b.name}: +{b.added} ({b.total} total{', replaced a damaged bundle' if b.replaced_damaged else ''})"
+                 for b in self.bundles]
         parts.append(f"keyword ({self.keyword_backend}): +{self.keyword_added} prompts")
         skipped = sum(len(b.skipped) for b in self.bundles)
         tail = f"; {skipped} items could not be embedded" if skipped else ""
@@ -127,13 +136,14 @@ def reconcile(conn: Conn, spec: BundleSpec, bundle: Bundle, report: BundleReport
                        spec.name, len(unrecorded), len(orphans), len(gone))
 
 
-def _pending(conn: Conn, spec: BundleSpec, after: int, limit: int) -> list[dict[str, Any]]:
+def _pending(conn: Conn, spec: BundleSpec, after: int, limit: int, *, everything: bool = False) -> list[dict[str, Any]]:
+    """The next rows after id `after` that have no vector yet (`everything`: every row, for a rebuild)."""
     columns = "i.id, i.sha256, i.path" if spec.table == "images" else "i.id, i.text"
-    query = sql.SQL(
-        "SELECT " + columns + " FROM {} i WHERE i.id > %s AND NOT EXISTS "
-        "(SELECT 1 FROM index_entries e WHERE e.bundle = %s AND e.item_id = i.id) ORDER BY i.id LIMIT %s"
-    ).format(sql.Identifier(spec.table))
-    return rows(conn, query, (after, spec.name, limit))
+    unindexed = "" if everything else (" AND NOT EXISTS "
+                                       "(SELECT 1 FROM index_entries e WHERE e.bundle = %(b)s AND e.item_id = i.id)")
+    query = sql.SQL("SELECT " + columns + " FROM {} i WHERE i.id > %(after)s" + unindexed +
+                    " ORDER BY i.id LIMIT %(limit)s").format(sql.Identifier(spec.table))
+    return rows(conn, query, {"after": after, "b": spec.name, "limit": limit})
 
 
 def count_pending(conn: Conn, spec: BundleSpec) -> int:
@@ -177,33 +187,39 @@ def _store_phashes(conn: Conn, ids: list[int], hashes: list[int]) -> None:
                      "WHERE i.id = h.id", (ids, hashes))
 
 
-def open_for_update(settings: Settings, spec: BundleSpec, embedder: Embedder, *, rebuild: bool) -> Bundle:
-    """The bundle to add to: the one on disk (refused if another model built it), or a new empty one."""
+def check_model(settings: Settings, spec: BundleSpec, embedder: Embedder) -> None:
+    """The bundle on disk, if any, was built by `embedder`'s model (IndexMismatch naming both if not)."""
+    manifest = read_manifest(settings.indexes_path / spec.name)
+    if manifest is not None and manifest.model != embedder.model_id:
+        raise IndexMismatch(
+            f"bundle {spec.name!r} at {settings.indexes_path / spec.name} was built with {manifest.model}, but the "
+            f"loaded embedder is {embedder.model_id}: run `promptdex index --rebuild`, or load the model the bundle "
+            "was built with")
+
+
+def open_for_update(settings: Settings, spec: BundleSpec, embedder: Embedder) -> Bundle:
+    """The bundle to add to: the one on disk (its checksum checked by `run_index` a moment ago), or a new one."""
     path = settings.indexes_path / spec.name
-    manifest = read_manifest(path)
-    if manifest is not None and not rebuild:
-        return Bundle.open(path, model=embedder.model_id, nprobe=settings.indexer.nprobe)
-    return Bundle.create(path, name=spec.name, kind=spec.kind, model=embedder.model_id, dim=embedder.dim,
-                         generation=manifest.generation if manifest else 0)
+    if read_manifest(path) is not None:
+        return Bundle.open(path, model=embedder.model_id, nprobe=settings.indexer.nprobe, verify=Verify.QUICK)
+    return Bundle.create(path, name=spec.name, kind=spec.kind, model=embedder.model_id, dim=embedder.dim)
 
 
-def index_bundle(conn: Conn, settings: Settings, spec: BundleSpec, embedder: Embedder, *, rebuild: bool = False,
-                 progress: bool = True, on_batch: Callable[[int], None] | None = None) -> BundleReport:
-    """Bring one bundle up to date with its table; returns what it did."""
-    report = BundleReport(spec.name, model=embedder.model_id)
-    if rebuild:
-        with conn.transaction():
-            forget_bundle(conn, bundle=spec.name)
-    bundle = open_for_update(settings, spec, embedder, rebuild=rebuild)
-    reconcile(conn, spec, bundle, report)
+def _add_rows(conn: Conn, settings: Settings, spec: BundleSpec, embedder: Embedder, bundle: Bundle,
+              report: BundleReport, *, rebuild: bool, progress: bool,
+              on_batch: Callable[[int], None] | None) -> list[int]:
+    """Embed the rows the bundle lacks (all of them for a rebuild) into it; an update commits every
+    `checkpoint_every` vectors, a rebuild never (its records change only once it is complete). Returns the ids
+    added since the last commit."""
     s = settings.indexer
     chunk = s.batch_size * 4 if spec.kind == "image" else s.batch_size * 16  # items read from the table at a time
-    bar = tqdm(total=count_pending(conn, spec), desc=spec.name, unit="item", file=sys.stderr,
-               disable=not progress)
+    total = (rows(conn, sql.SQL("SELECT count(*) AS n FROM {}").format(sql.Identifier(spec.table)))[0]["n"]
+             if rebuild else count_pending(conn, spec))
+    bar = tqdm(total=total, desc=spec.name, unit="item", file=sys.stderr, disable=not progress)
     unsaved: list[int] = []
     after = 0
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="embed") as pool:
-        while items := _pending(conn, spec, after, chunk):
+        while items := _pending(conn, spec, after, chunk, everything=rebuild):
             after = int(items[-1]["id"])
             ids, vectors, hashes = _embed(spec, items, embedder, settings, pool, report)
             _store_phashes(conn, ids, hashes)
@@ -213,26 +229,80 @@ def index_bundle(conn: Conn, settings: Settings, spec: BundleSpec, embedder: Emb
             bar.update(len(items))
             if on_batch is not None:
                 on_batch(len(ids))
-            if len(unsaved) >= s.checkpoint_every:
+            if not rebuild and len(unsaved) >= s.checkpoint_every:
                 _commit(conn, spec, bundle, unsaved)
                 unsaved = []
     bar.close()
-    if unsaved or rebuild or read_manifest(bundle.path) is None:
+    return unsaved
+
+
+def _damage(path: Path) -> str:
+    """What is wrong with the bundle folder `path` ("" when nothing, or when there is no bundle)."""
+    try:
+        verify_bundle(path, mode=Verify.QUICK)
+    except IndexCorrupt as exc:
+        return str(exc)
+    return ""
+
+
+def rebuild_bundle(conn: Conn, settings: Settings, spec: BundleSpec, embedder: Embedder, *, progress: bool = True,
+                   on_batch: Callable[[int], None] | None = None) -> BundleReport:
+    """A new bundle of every row, built in memory and saved beside the old one; its records are replaced after
+    the save, in one transaction. Interrupted at any point, the old bundle and its records are left as they were."""
+    report = BundleReport(spec.name, model=embedder.model_id)
+    path = settings.indexes_path / spec.name
+    report.replaced_damaged = _damage(path)
+    if report.replaced_damaged:
+        logger.warning("%s: rebuilding over a damaged bundle: %s", spec.name, report.replaced_damaged)
+    bundle = Bundle.create(path, name=spec.name, kind=spec.kind, model=embedder.model_id, dim=embedder.dim)
+    _add_rows(conn, settings, spec, embedder, bundle, report, rebuild=True, progress=progress, on_batch=on_batch)
+    bundle.save()
+    with conn.transaction():
+        _register(conn, spec, bundle)
+        replace_indexed(conn, bundle=spec.name, item_ids=bundle.ids().tolist())
+    report.total = bundle.count
+    return report
+
+
+def index_bundle(conn: Conn, settings: Settings, spec: BundleSpec, embedder: Embedder, *, rebuild: bool = False,
+                 progress: bool = True, on_batch: Callable[[int], None] | None = None) -> BundleReport:
+    """Bring one bundle up to date with its table (or rebuild it); returns what it did."""
+    if rebuild:
+        return rebuild_bundle(conn, settings, spec, embedder, progress=progress, on_batch=on_batch)
+    report = BundleReport(spec.name, model=embedder.model_id)
+    bundle = open_for_update(settings, spec, embedder)
+    reconcile(conn, spec, bundle, report)
+    unsaved = _add_rows(conn, settings, spec, embedder, bundle, report, rebuild=False, progress=progress,
+                        on_batch=on_batch)
+    if unsaved or read_manifest(bundle.path) is None:
         _commit(conn, spec, bundle, unsaved)
     report.total = bundle.count
     return report
 
 
-def run_index(conn: Conn, settings: Settings, embedders: Embedders, keyword: KeywordIndex, *,
-              rebuild: bool = False, progress: bool = True) -> IndexReport:
-    """Update both bundles and the keyword index. Only one run per database at a time (advisory lock)."""
+def run_index(conn: Conn, settings: Settings, embedders: Embedders | Callable[[], Embedders],
+              keyword: KeywordIndex, *, rebuild: bool = False, progress: bool = True) -> IndexReport:
+    """Update both bundles and the keyword index. Only one run per database at a time (advisory lock).
+
+    What cannot succeed stops the run before anything changes: under the lock the leftovers of interrupted saves
+    are swept, then (not for a rebuild) both bundles are checked against their checksums, before `embedders` (or
+    the function that loads them) is used, and against the loaded models."""
     started = time.monotonic()
     locked = rows(conn, "SELECT pg_try_advisory_lock(%s) AS ok", (_LOCK,))
     if not locked or not locked[0]["ok"]:
         raise PromptdexError("another `promptdex index` is running on this database; wait for it to finish")
     try:
         report = IndexReport(keyword_backend=keyword.backend)
-        for spec, embedder in zip(SPECS, (embedders.clip, embedders.prompt), strict=True):
+        for spec in SPECS:
+            sweep(settings.indexes_path / spec.name)
+            if not rebuild:
+                verify_bundle(settings.indexes_path / spec.name, mode=Verify.FULL)
+        loaded = embedders() if callable(embedders) else embedders
+        pairs = list(zip(SPECS, (loaded.clip, loaded.prompt), strict=True))
+        for spec, embedder in pairs:
+            if not rebuild:
+                check_model(settings, spec, embedder)
+        for spec, embedder in pairs:
             report.bundles.append(index_bundle(conn, settings, spec, embedder, rebuild=rebuild, progress=progress))
         if rebuild:
             keyword.rebuild(conn)
@@ -246,21 +316,28 @@ def run_index(conn: Conn, settings: Settings, embedders: Embedders, keyword: Key
     return report
 
 
+def _bundle_status(path: Path) -> dict[str, Any]:
+    """What the bundle folder holds, after a full checksum of its index file: state ok, missing or damaged."""
+    error: str | None = None
+    try:
+        m = verify_bundle(path, mode=Verify.FULL)
+    except IndexCorrupt as exc:
+        m, error = None, str(exc)
+    state = "damaged" if error else "ok" if m else "missing"
+    return {"state": state, "error": error, "built": (path / MANIFEST).exists(), "model": m.model if m else None,
+            "dim": m.dim if m else None, "count": m.count if m else 0, "index_type": m.index_type if m else None,
+            "generation": m.generation if m else None, "updated_at": m.updated_at if m else None}
+
+
 def index_status(conn: Conn, settings: Settings, keyword: KeywordIndex) -> dict[str, Any]:
-    """Per bundle: what its manifest says, how many items are recorded, how many are pending; and the keyword index."""
+    """Per bundle: its state (ok, missing, damaged: checked against its checksum), what its manifest says, how many
+    items are recorded and pending; and the keyword index."""
     bundles = []
     for spec in SPECS:
         path = settings.indexes_path / spec.name
-        manifest = read_manifest(path)
         recorded = rows(conn, "SELECT count(*) AS n FROM index_entries WHERE bundle = %s", (spec.name,))[0]["n"]
-        bundles.append({
-            "name": spec.name, "kind": spec.kind, "path": str(path), "built": manifest is not None,
-            "model": manifest.model if manifest else None, "dim": manifest.dim if manifest else None,
-            "count": manifest.count if manifest else 0, "index_type": manifest.index_type if manifest else None,
-            "generation": manifest.generation if manifest else None,
-            "updated_at": manifest.updated_at if manifest else None,
-            "recorded": int(recorded), "pending": count_pending(conn, spec),
-        })
+        bundles.append({"name": spec.name, "kind": spec.kind, "path": str(path), **_bundle_status(path),
+                        "recorded": int(recorded), "pending": count_pending(conn, spec)})
     state = keyword.state_name
     recorded = rows(conn, "SELECT count(*) AS n FROM index_entries WHERE bundle = %s", (state,))[0]["n"]
     pending = rows(conn, "SELECT count(*) AS n FROM prompts p WHERE NOT EXISTS (SELECT 1 FROM index_entries e "

@@ -18,7 +18,7 @@ from indexer.embedders import Embedder, Embedders, Vectors, l2_normalize, load_e
 from indexer.indexing import IMAGE_BUNDLE, PROMPT_BUNDLE
 from indexer.keyword import KeywordIndex, open_keyword_index
 from indexer.keyword.base import ConnectionSource
-from promptdex.errors import IndexMissing
+from promptdex.errors import IndexCorrupt, IndexMissing, PromptdexError
 from promptdex.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -26,25 +26,46 @@ logger = logging.getLogger(__name__)
 
 class BundleHandle:
     """A bundle kept open for searching. It reopens itself when its folder's manifest changes (checked at most
-    every `check_every` seconds), so `promptdex index` can run while the API serves; searches never block."""
+    every `check_every` seconds), so `promptdex index` can run while the API serves; searches never block.
+
+    A new generation that cannot be opened (damaged, another model's) is reported by `problem` while the loaded one
+    keeps serving; a memory-mapped file changed in place under a loaded bundle (which would crash the search that
+    touches a page past its new end) makes the handle drop it: searches then raise IndexCorrupt, naming the file
+    and `promptdex index --rebuild`, until a new generation is written. The checks cost a stat of the manifest
+    every `check_every` seconds and an fstat of the index file per search."""
 
     def __init__(self, path: Path, *, model: str, mmap: bool = False, nprobe: int = 16,
                  check_every: float = 2.0) -> None:
         self.path, self.model, self.mmap, self.nprobe, self.check_every = path, model, mmap, nprobe, check_every
         self._bundle: Bundle | None = None
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int] | None = None  # the manifest last opened, or last found unusable
+        self._problem: tuple[type[PromptdexError], str] | None = None  # why the bundle on disk cannot be used
         self._checked = 0.0
         self._lock = threading.Lock()
 
     def _manifest_stamp(self) -> tuple[int, int] | None:
         try:
             stat = (self.path / MANIFEST).stat()
-        except FileNotFoundError:
+        except OSError:
             return None
         return stat.st_mtime_ns, stat.st_ino
 
+    def _open(self) -> tuple[Bundle, tuple[int, int] | None]:
+        """Open the bundle on disk; when a save swaps the manifest while this reads it, open the new one."""
+        stamp = self._manifest_stamp()
+        for _ in range(2):
+            try:
+                return Bundle.open(self.path, model=self.model, mmap=self.mmap, nprobe=self.nprobe), stamp
+            except IndexCorrupt:
+                now = self._manifest_stamp()
+                if now == stamp:
+                    raise
+                stamp = now
+        return Bundle.open(self.path, model=self.model, mmap=self.mmap, nprobe=self.nprobe), stamp
+
     def reload_if_changed(self, *, force: bool = False) -> bool:
-        """Reopen the bundle when its manifest changed; True when a new generation was loaded."""
+        """Reopen the bundle when its manifest changed; True when a new generation was loaded. Never raises: what
+        went wrong is kept for `bundle` and `problem`."""
         now = time.monotonic()
         if not force and self._bundle is not None and now - self._checked < self.check_every:
             return False
@@ -53,22 +74,46 @@ class BundleHandle:
             stamp = self._manifest_stamp()
             if stamp is None:
                 if self._bundle is None:
-                    raise IndexMissing(f"no index bundle at {self.path}: run `promptdex index` first")
+                    self._problem = None  # nothing built: IndexMissing
                 return False
-            if stamp == self._stamp and self._bundle is not None:
+            if stamp == self._stamp and (self._bundle is not None or self._problem is not None):
                 return False
-            bundle = Bundle.open(self.path, model=self.model, mmap=self.mmap, nprobe=self.nprobe)
-            self._bundle, self._stamp = bundle, stamp  # a search holding the old bundle finishes with it
+            try:
+                bundle, stamp = self._open()
+            except PromptdexError as exc:
+                self._stamp, self._problem = stamp, (type(exc), str(exc))
+                serving = f"; still serving generation {self._bundle.manifest.generation}" if self._bundle else ""
+                logger.error("bundle %s cannot be used%s: %s", self.path, serving, exc)
+                return False
+            self._bundle, self._stamp, self._problem = bundle, stamp, None  # a search holding the old one finishes
             logger.info("loaded bundle %s generation %d (%d vectors)", bundle.manifest.name,
                         bundle.manifest.generation, bundle.count)
             return True
 
     @property
+    def problem(self) -> str | None:
+        """Why the bundle on disk cannot be used (None: it is fine, or not built yet)."""
+        return self._problem[1] if self._problem else None
+
+    @property
     def bundle(self) -> Bundle:
+        """The loaded bundle; IndexMissing, IndexCorrupt or IndexMismatch (a fresh one each time) when none is."""
         self.reload_if_changed()
-        if self._bundle is None:
+        bundle = self._bundle
+        if bundle is None:
+            if self._problem is not None:
+                kind, message = self._problem
+                raise kind(message)
             raise IndexMissing(f"no index bundle at {self.path}: run `promptdex index` first")
-        return self._bundle
+        try:
+            bundle.check_intact()
+        except IndexCorrupt as exc:
+            with self._lock:
+                if self._bundle is bundle:
+                    self._bundle, self._problem = None, (IndexCorrupt, str(exc))
+                    logger.error("bundle %s dropped: %s", self.path, exc)
+            raise
+        return bundle
 
     @property
     def count(self) -> int:

@@ -57,3 +57,8 @@ class PayloadTooLarge(PromptdexError):
 
 class UnsupportedMedia(PromptdexError):
     """An upload that is not an image we can read, or a body of a type the route does not take."""
+
+
+class IndexCorrupt(IndexMissing):
+    """An index bundle is there but cannot be used: a file is damaged, truncated or unreadable. The message names
+    the file and the command that repairs it; as an unusable index it answers like IndexMissing (503)."""

@@ -52,11 +52,12 @@ def unindexed_image_ids(conn: Conn, *, bundle: str, limit: int) -> list[int]:
     return [int(r["id"] if isinstance(r, dict) else r[0]) for r in rows]
 
 
-def forget_bundle(conn: Conn, *, bundle: str) -> None:
-    """Drop a bundle's state (before a rebuild)."""
-    conn.execute("DELETE FROM index_bundles WHERE name = %s", (bundle,))
-
-
 def list_bundles(conn: Conn) -> list[dict[str, Any]]:
     return list(conn.execute("SELECT name, kind, model, dim, metric, count, path, updated_at "
                              "FROM index_bundles ORDER BY name").fetchall())
+
+
+def replace_indexed(conn: Conn, *, bundle: str, item_ids: Sequence[int]) -> None:
+    """Make `item_ids` exactly the items of `bundle` (a rebuild's swap; call it inside a transaction)."""
+    conn.execute("DELETE FROM index_entries WHERE bundle = %s", (bundle,))
+    record_indexed(conn, bundle=bundle, item_ids=item_ids)

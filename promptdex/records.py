@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
@@ -44,6 +45,38 @@ class Image(NewImage):
     prompt_id: int | None
     created_at: datetime  # type: ignore[assignment]
     imported_at: datetime
+    missing: bool = False  # no file holds this content any more: hidden from search, its files answer 410
+
+
+class ImageLocation(BaseModel):
+    """Where an image's file is: its path and file facts, and whether it is marked missing."""
+
+    id: int
+    sha256: str
+    path: str
+    file_size: int | None
+    file_mtime: float | None
+    missing: bool
+
+
+class FileStatus(StrEnum):
+    """What `promptdex import` found at a path: a new image, content already in the corpus, or a bad file."""
+
+    IMPORTED = "imported"
+    DUPLICATE = "duplicate"
+    ERROR = "error"
+
+
+class FileRecord(BaseModel):
+    """One path `promptdex import` looked at, with the file facts and the content (image) it held then."""
+
+    path: str
+    file_size: int
+    file_mtime: float
+    sha256: str | None = None
+    image_id: int | None = None
+    status: FileStatus
+    error: str | None = None
 
 
 class ImageFilter(BaseModel):

@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 
 from promptdex.params import GenerationParams
-from promptdex.records import Image, ImageFilter, NewImage
+from promptdex.records import FileRecord, FileStatus, Image, ImageFilter, ImageLocation, NewImage
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ def _to_image(row: dict[str, Any]) -> Image:
     params = GenerationParams.model_validate(row["params"] or {}).model_copy(update={"prompt": row["prompt"]})
     fields = {k: row[k] for k in NewImage.model_fields if k in row and k != "params"}
     return Image.model_validate(
-        {**fields, "params": params, "id": row["id"], "prompt_id": row["prompt_id"], "imported_at": row["imported_at"]}
+        {**fields, "params": params, "id": row["id"], "prompt_id": row["prompt_id"], "imported_at": row["imported_at"],
+         "missing": bool(row.get("missing", False))}
     )
 
 
@@ -97,6 +98,7 @@ def add_image(conn: Conn, *, image: NewImage) -> tuple[int, bool]:
 
 
 def get_image(conn: Conn, *, image_id: int) -> Image | None:
+    """One image by id, also when it is marked missing (its file routes answer 410 Gone)."""
     row = conn.execute(sql.SQL(_SELECT + " WHERE i.id = %s"), (image_id,)).fetchone()
     return None if row is None else _to_image(row)
 
@@ -107,20 +109,24 @@ def get_image_by_sha256(conn: Conn, *, sha256: str) -> Image | None:
 
 
 def get_images(conn: Conn, *, ids: Sequence[int]) -> dict[int, Image]:
-    """Images by id (missing ids are absent from the result)."""
+    """Images by id; unknown ids and rows marked missing (no file holds them) are absent from the result."""
     if not ids:
         return {}
-    rows = conn.execute(sql.SQL(_SELECT + " WHERE i.id = ANY(%s)"), (list(ids),)).fetchall()
+    rows = conn.execute(sql.SQL(_SELECT + " WHERE i.id = ANY(%s) AND NOT i.missing"), (list(ids),)).fetchall()
     return {row["id"]: _to_image(row) for row in rows}
 
 
 def filter_clause(filters: ImageFilter | None, alias: str = "i") -> tuple[sql.Composable, list[Any]]:
-    """A WHERE clause (starting with WHERE, or empty) and its parameters for the given filters."""
-    if filters is None or filters.is_empty():
-        return sql.SQL(""), []
+    """A WHERE clause and its parameters for the given filters.
+
+    Always a clause with at least one parameter: rows marked missing (no file holds their content) are never
+    listed or searched, so callers may append `AND ...` to it.
+    """
     a = sql.Identifier(alias)
-    parts: list[sql.Composable] = []
-    args: list[Any] = []
+    parts: list[sql.Composable] = [sql.SQL("{}.missing = %s").format(a)]
+    args: list[Any] = [False]
+    if filters is None or filters.is_empty():
+        return sql.SQL("WHERE ") + parts[0], args
     checks: list[tuple[str, str, Any]] = [
         ("model", "=", filters.model), ("sampler", "=", filters.sampler), ("width", "=", filters.width),
         ("height", "=", filters.height), ("steps", ">=", filters.min_steps), ("steps", "<=", filters.max_steps),
@@ -148,7 +154,7 @@ def filter_images(
     direction = sql.SQL("DESC" if order == "newest" else "ASC")
     if after is not None:
         keyset = sql.SQL("(i.created_at, i.id) {} (%s, %s)").format(sql.SQL("<" if order == "newest" else ">"))
-        where = (where + sql.SQL(" AND ") if args else sql.SQL("WHERE ")) + keyset
+        where = where + sql.SQL(" AND ") + keyset
         args = [*args, *after]
     query = sql.SQL(_SELECT) + where + sql.SQL(" ORDER BY i.created_at {d}, i.id {d} LIMIT %s").format(d=direction)
     rows = conn.execute(query, (*args, limit)).fetchall()
@@ -233,9 +239,96 @@ def _staging_type(column: str) -> str:
 def facets(conn: Conn) -> dict[str, Any]:
     """Distinct models, samplers and sizes, most used first, for filter menus."""
     models = [r["model"] for r in conn.execute(
-        "SELECT model FROM images WHERE model IS NOT NULL GROUP BY model ORDER BY count(*) DESC LIMIT 200")]
+        "SELECT model FROM images WHERE model IS NOT NULL AND NOT missing "
+        "GROUP BY model ORDER BY count(*) DESC LIMIT 200")]
     samplers = [r["sampler"] for r in conn.execute(
-        "SELECT sampler FROM images WHERE sampler IS NOT NULL GROUP BY sampler ORDER BY count(*) DESC LIMIT 100")]
+        "SELECT sampler FROM images WHERE sampler IS NOT NULL AND NOT missing "
+        "GROUP BY sampler ORDER BY count(*) DESC LIMIT 100")]
     sizes = [[r["width"], r["height"]] for r in conn.execute(
-        "SELECT width, height FROM images GROUP BY width, height ORDER BY count(*) DESC LIMIT 50")]
+        "SELECT width, height FROM images WHERE NOT missing GROUP BY width, height ORDER BY count(*) DESC LIMIT 50")]
     return {"models": models, "samplers": samplers, "sizes": sizes}
+
+
+# -- where image files are: the paths `promptdex import` recorded, rows whose file changed or vanished ------------
+
+_LOCATION = "SELECT id, sha256, path, file_size, file_mtime, missing FROM images"
+
+
+def image_location(conn: Conn, *, image_id: int) -> ImageLocation | None:
+    """The path, file facts and missing flag of one image, or None for an unknown id."""
+    row = conn.execute(_LOCATION + " WHERE id = %s", (image_id,)).fetchone()
+    return None if row is None else ImageLocation.model_validate(row)
+
+
+def move_image(conn: Conn, *, image_id: int, path: str, file_size: int, file_mtime: float) -> None:
+    """Point an image at a file that holds its content (and clear its missing mark)."""
+    conn.execute("UPDATE images SET path = %s, file_size = %s, file_mtime = %s, missing = false WHERE id = %s",
+                 (path, file_size, file_mtime, image_id))
+
+
+def mark_missing(conn: Conn, *, image_id: int) -> None:
+    """No file holds this image's content any more: hide it from search; its files answer 410 Gone."""
+    conn.execute("UPDATE images SET missing = true WHERE id = %s", (image_id,))
+
+
+def file_records(conn: Conn, *, paths: Sequence[str]) -> dict[str, FileRecord]:
+    """What the last import recorded for each of `paths` (paths never seen are absent)."""
+    found: dict[str, FileRecord] = {}
+    for start in range(0, len(paths), 2000):
+        rows = conn.execute("SELECT * FROM imported_files WHERE path = ANY(%s)",
+                            (list(paths[start:start + 2000]),)).fetchall()
+        found.update((row["path"], FileRecord.model_validate(row)) for row in rows)
+    return found
+
+
+def current_files(conn: Conn, *, paths: Sequence[str]) -> dict[str, tuple[int, float]]:
+    """(size, mtime) by path of images (not marked missing) whose `path` is one of `paths`."""
+    found: dict[str, tuple[int, float]] = {}
+    for start in range(0, len(paths), 2000):
+        rows = conn.execute(
+            "SELECT path, file_size, file_mtime FROM images WHERE path = ANY(%s) AND NOT missing "
+            "AND file_size IS NOT NULL AND file_mtime IS NOT NULL", (list(paths[start:start + 2000]),)).fetchall()
+        found.update((row["path"], (int(row["file_size"]), float(row["file_mtime"]))) for row in rows)
+    return found
+
+
+def record_file(conn: Conn, *, record: FileRecord) -> None:
+    """Remember what an import found at a path (replacing what was recorded there before)."""
+    conn.execute(
+        "INSERT INTO imported_files (path, file_size, file_mtime, sha256, image_id, status, error) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (path) DO UPDATE SET file_size = EXCLUDED.file_size, "
+        "file_mtime = EXCLUDED.file_mtime, sha256 = EXCLUDED.sha256, image_id = EXCLUDED.image_id, "
+        "status = EXCLUDED.status, error = EXCLUDED.error, seen_at = now()",
+        (record.path, record.file_size, record.file_mtime, record.sha256, record.image_id, str(record.status),
+         record.error),
+    )
+
+
+def other_copies(conn: Conn, *, image_id: int, besides: str) -> list[FileRecord]:
+    """Other paths recorded as holding this image's content, oldest first."""
+    rows = conn.execute(
+        "SELECT * FROM imported_files WHERE image_id = %s AND path <> %s AND status <> %s ORDER BY seen_at, path",
+        (image_id, besides, str(FileStatus.ERROR))).fetchall()
+    return [FileRecord.model_validate(row) for row in rows]
+
+
+def recorded_under(conn: Conn, *, roots: Sequence[str]) -> list[str]:
+    """Recorded paths (import records, and images not marked missing) equal to or inside any of `roots`."""
+    prefixes = [root.rstrip("/") + "/" for root in roots]
+    rows = conn.execute(
+        "WITH r AS (SELECT unnest(%s::text[]) AS root, unnest(%s::text[]) AS prefix) "
+        "SELECT f.path FROM imported_files f JOIN r ON f.path = r.root OR starts_with(f.path, r.prefix) "
+        "UNION SELECT i.path FROM images i JOIN r ON i.path = r.root OR starts_with(i.path, r.prefix) "
+        "WHERE NOT i.missing ORDER BY path", (list(roots), prefixes)).fetchall()
+    return [row["path"] for row in rows]
+
+
+def forget_file(conn: Conn, *, path: str) -> None:
+    """Drop the import record of a path whose file is gone."""
+    conn.execute("DELETE FROM imported_files WHERE path = %s", (path,))
+
+
+def images_at(conn: Conn, *, path: str) -> list[int]:
+    """Ids of the images (not marked missing) whose file is `path`."""
+    rows = conn.execute("SELECT id FROM images WHERE path = %s AND NOT missing ORDER BY id", (path,)).fetchall()
+    return [int(row["id"]) for row in rows]

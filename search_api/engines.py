@@ -17,7 +17,7 @@ from PIL import Image as PILImage
 from indexer.images import thumbnail_path
 from indexer.keyword.base import ConnectionSource
 from indexer.service import BundleHandle, IndexerService
-from promptdex.errors import IndexMissing, PromptdexError
+from promptdex.errors import IndexCorrupt, IndexMissing, PromptdexError
 from promptdex.settings import ModelsMode, Settings
 
 logger = logging.getLogger(__name__)
@@ -147,9 +147,12 @@ class Engines:
         return self.indexer.images.count
 
     def image_vectors(self, ids: Sequence[int]) -> dict[int, Vector]:
-        """Stored CLIP vectors of these images (those not in the bundle are absent)."""
+        """Stored CLIP vectors of these images (those not in the bundle are absent). A damaged bundle raises
+        IndexCorrupt (503); none built yet gives no vectors."""
         try:
             bundle = self.indexer.images.bundle
+        except IndexCorrupt:
+            raise
         except IndexMissing:
             return {}
         index = bundle.index
@@ -190,13 +193,10 @@ class Engines:
         return thumbnail_path(self.settings.thumbs_path, sha256)
 
     def reload_if_changed(self) -> None:
+        """Pick up new generations (a bundle that cannot be opened is reported by health and by the searches that
+        need it; the handle keeps serving the generation it has, if any)."""
         for handle in (self.indexer.images, self.indexer.prompts):
-            try:
-                handle.reload_if_changed()
-            except IndexMissing:
-                pass  # reported by health and by searches that need it
-            except PromptdexError as exc:
-                logger.warning("bundle %s could not be reloaded, keeping the loaded one: %s", handle.path, exc)
+            handle.reload_if_changed()
 
     def bundles_health(self) -> dict[str, Any]:
         report: dict[str, Any] = {}
@@ -214,13 +214,18 @@ class Engines:
 
 
 def _bundle_health(handle: BundleHandle) -> dict[str, Any]:
+    """ok with what is served; not ok with the reason when the bundle is missing or damaged, also while an older
+    generation still serves (the one on disk needs `promptdex index --rebuild`)."""
     try:
         bundle = handle.bundle
     except PromptdexError as exc:
         return {"ok": False, "error": str(exc)}
     m = bundle.manifest
-    return {"ok": True, "count": bundle.count, "model": m.model, "dim": m.dim, "index": m.index_type,
-            "generation": m.generation}
+    report: dict[str, Any] = {"ok": handle.problem is None, "count": bundle.count, "model": m.model, "dim": m.dim,
+                              "index": m.index_type, "generation": m.generation}
+    if handle.problem is not None:
+        report["error"] = handle.problem
+    return report
 
 
 def load_engines(settings: Settings, connect: ConnectionSource) -> Engines:

@@ -56,6 +56,7 @@ _DESCRIPTIONS = {
     403: "The caller's role is too low (the message names the role needed), or the CSRF token is missing.",
     404: "No such record.",
     409: "An index bundle was built by another model than the one loaded.",
+    410: "The image's file is gone or now holds other content; the image is hidden until it is imported again.",
     413: "The body or upload is over its limit.",
     415: "The upload is not an image that is accepted.",
     422: "A parameter or field is not acceptable; `errors` names each one.",

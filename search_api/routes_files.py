@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path as FsPath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Path
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path
 from fastapi.responses import FileResponse, Response
 
+from indexer.images import file_holds
 from promptdex.errors import NotFound
+from promptdex.records import Image
 from promptdex.settings import AnonymousAccess
 from search_api.deps import Service, State
 from search_api.errors import responses
@@ -39,8 +41,19 @@ def _file_response(path: FsPath, media_type: str, etag: str, if_none_match: str 
                         headers={"ETag": etag, "Cache-Control": cache, "Vary": "Cookie, Authorization"})
 
 
+def _gone_unless_present(image: Image, original: FsPath | None) -> None:
+    """410 Gone for an image no file holds any more: marked missing by import, or `original` replaced since."""
+    if image.missing:
+        raise HTTPException(410, f"image {image.id}: its file is gone or was replaced, and no other file holds "
+                                 "its content; it is hidden until that content is imported again")
+    if original is not None and original.exists() and not file_holds(
+            original, sha256=image.sha256, file_size=image.file_size, file_mtime=image.file_mtime):
+        raise HTTPException(410, f"image {image.id}: its file now holds other content (it was replaced after "
+                                 "the import); run `promptdex import` on its folder")
+
+
 def _file_responses(*media: str) -> dict[int | str, dict[str, Any]]:
-    out = responses(404)
+    out = responses(404, 410)
     out[200] = {"description": "The file.", "content": {m: {"schema": {"type": "string", "format": "binary"}}
                                                         for m in media}}
     out[304] = {"description": "Not modified (the ETag sent in If-None-Match matches)."}
@@ -58,6 +71,8 @@ def image_file(state: State, service: Service, caller: FileCaller, image_id: Ima
     path = FsPath(image.path)
     if not path.is_absolute():
         path = state.settings.images_path / path
+    cached = bool(if_none_match) and f'"{image.sha256}"' in (if_none_match or "")  # those bytes are the content
+    _gone_unless_present(image, None if cached else path)
     return _file_response(path, _MEDIA.get(image.format.upper(), "application/octet-stream"),
                           f'"{image.sha256}"', if_none_match, cache_control(state, caller))
 
@@ -66,6 +81,7 @@ def image_file(state: State, service: Service, caller: FileCaller, image_id: Ima
 def thumb_file(state: State, service: Service, caller: FileCaller, image_id: ImageId,
                if_none_match: Annotated[str | None, Header()] = None) -> Response:
     image = service.image(image_id)
+    _gone_unless_present(image, None)  # the thumbnail is of the content: only a missing row is gone
     path = state.engines.thumbnail_path(image.sha256)
     if not path.is_file():
         raise NotFound(f"image {image_id} has no thumbnail yet: run `promptdex index`")

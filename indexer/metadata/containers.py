@@ -11,6 +11,7 @@ from typing import Any
 
 from PIL import Image
 
+from indexer.images import pillow_error
 from promptdex.params import looks_like_a1111
 
 logger = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ def _read_exif(tiff: bytes, out: dict[str, str]) -> None:
         exif.load(tiff)
         ifds: list[dict[int, Any]] = [dict(exif), dict(exif.get_ifd(_EXIF_IFD))]
     except Exception as e:  # Pillow raises many kinds on malformed TIFF data; none may escape bare
-        raise _Bad(f"corrupt EXIF: {type(e).__name__}: {e}") from None
+        raise _Bad(f"corrupt EXIF: {pillow_error(e)}") from None
     big_endian = tiff[:2] == b"MM"
     for tags in ifds:
         for tag, name in _EXIF_TEXT_TAGS.items():
@@ -255,7 +256,7 @@ def read_stealth_a1111(image: Image.Image | str | Path) -> str | None:
                 opened.load()
                 im = opened.copy()
         except Exception as e:  # Pillow: UnidentifiedImageError, OSError (truncated), DecompressionBombError
-            raise MetadataError(f"{image}: cannot decode the pixels: {type(e).__name__}: {e}") from None
+            raise MetadataError(f"{image}: cannot decode the pixels: {pillow_error(e)}") from None
         name = str(image)
     else:
         im, name = image, str(getattr(image, "filename", "") or "image")

@@ -39,3 +39,25 @@ def test_import_of_nothing_usable_fails(tmp_path: Path, database_url: str) -> No
     assert f"error: {tmp_path / 'bad.png'}:" in result.stdout
     assert f"error: {tmp_path / 'nope'}: no such" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_prune_marks_vanished_files_and_a_vanished_folder_is_no_error(tmp_path: Path, database_url: str) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for name, colour in (("keep.png", (255, 0, 0)), ("drop.png", (0, 255, 0))):
+        Image.new("RGB", (32, 32), colour).save(folder / name)
+    env = clean_env(PROMPTDEX_DATABASE_URL=database_url)
+    assert run_cli("import", "--no-progress", str(folder), cwd=tmp_path, env=env).returncode == 0
+    (folder / "drop.png").unlink()
+    pruned = run_cli("import", "--no-progress", "--prune", str(folder), cwd=tmp_path, env=env)
+    assert pruned.returncode == 0, pruned.stderr
+    assert pruned.stdout.strip().splitlines()[-1].startswith(
+        "imported 0, unchanged 1, duplicates 0, errors 0, metadata problems 0, marked missing 1, vanished 1")
+    (folder / "keep.png").unlink()
+    folder.rmdir()
+    gone = run_cli("import", "--json", "--prune", str(folder), cwd=tmp_path, env=env)
+    assert gone.returncode == 0, gone.stdout
+    data = json.loads(gone.stdout)
+    assert (data["files"], data["vanished"], data["missing"], data["errors"]) == (0, 1, 1, [])

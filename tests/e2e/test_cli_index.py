@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from indexer.bundles import Bundle
+from indexer.bundles import MANIFEST, Bundle
 from tests.helpers import clean_env, run_cli
 
 pytestmark = pytest.mark.e2e
@@ -77,11 +77,15 @@ def test_index_killed_then_resumed(tmp_path: Path, database_url: str) -> None:
     status = run_cli("index", "status", "--json", cwd=tmp_path, env=env)
     assert status.returncode == 0, status.stderr
     data = json.loads(status.stdout)
-    assert [(b["name"], b["count"], b["recorded"], b["pending"]) for b in data["bundles"]] == [
-        ("clip-image", n, n, 0), ("prompt-text", n, n, 0)]
+    assert [(b["name"], b["state"], b["count"], b["recorded"], b["pending"]) for b in data["bundles"]] == [
+        ("clip-image", "ok", n, n, 0), ("prompt-text", "ok", n, n, 0)]
     assert data["keyword"]["pending"] == 0
     for name in ("clip-image", "prompt-text"):
-        ids = Bundle.open(tmp_path / "data" / "indexes" / name).ids().tolist()
+        folder = tmp_path / "data" / "indexes" / name
+        bundle = Bundle.open(folder)
+        ids = bundle.ids().tolist()
         assert len(ids) == len(set(ids)) == n, name
+        # whatever the kill left (a partial temporary file, an uncommitted index file) is gone
+        assert sorted(p.name for p in folder.iterdir()) == [bundle.manifest.index_file, MANIFEST], name
     text = run_cli("index", "status", cwd=tmp_path, env=env)
     assert "clip-image: 600 vectors, flat" in text.stdout and "pending 0" in text.stdout

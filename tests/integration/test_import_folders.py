@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ from PIL.PngImagePlugin import PngInfo
 from indexer.images import thumbnail_path
 from indexer.importer import import_paths
 from indexer.metadata.containers import read_text_chunks
-from promptdex.store import count_images, get_image_by_sha256
+from promptdex.store import count_images, filter_images, get_image, get_image_by_sha256, get_images
 from tests.conftest import require_shared_fixtures
 
 pytestmark = [pytest.mark.integration, pytest.mark.external_db]  # CI also runs these on Debian PostgreSQL 15
@@ -109,6 +110,8 @@ def test_bad_files_are_reported_and_skipped(settings: Any, conn: Any, tmp_path: 
     assert "empty" in errors[str(folder / "empty.png")]
     assert "truncated" in errors[str(folder / "truncated.png")]
     assert "truncated" in errors[str(folder / "cut.jpg")]
+    assert errors[str(folder / "garbage.webp")] == "not a PNG, JPEG or WebP image (its content is not an image " \
+        "format Pillow recognises)"  # never a Python repr such as <_io.BytesIO object at 0x...>
     assert "decompression bomb" in errors[str(folder / "bomb.png")]
     assert "no such file" in errors[str(tmp_path / "missing")]
     assert summary.imported == 2
@@ -133,3 +136,139 @@ def test_generator_record_is_kept(settings: Any, conn: Any, tmp_path: Path) -> N
     assert image.sampler_class == "EulerAncestralDiscreteScheduler"
     assert image.scheduler_config == {"num_train_timesteps": 1000}
     assert (image.params.prompt, image.params.seed) == ("a lighthouse", 42)
+
+
+def sha_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def by_sha(conn: Any) -> dict[str, dict[str, Any]]:
+    return {r["sha256"]: r for r in rows(conn, "SELECT id, sha256, path, missing FROM images")}
+
+
+def assert_ids_serve_their_content(conn: Any) -> None:
+    """No row that is not marked missing points at a file holding other bytes than its sha256."""
+    for row in rows(conn, "SELECT sha256, path FROM images WHERE NOT missing"):
+        assert sha_of(Path(row["path"])) == row["sha256"], row["path"]
+
+
+def test_a_changed_file_moves_to_its_new_content_and_the_old_row_follows_a_copy_or_goes_missing(
+        settings: Any, conn: Any, tmp_path: Path) -> None:
+    folder = tmp_path / "pics"
+    a = png(folder / "a.png", chunks={"parameters": A1111.format(prompt="a red fox", seed=1)})
+    old = sha_of(a)
+    copy = folder / "copy.png"
+    shutil.copy(a, copy)
+    first = import_paths(conn, settings, [folder], progress=False)
+    assert (first.imported, first.duplicates) == (1, 1)
+    old_id = by_sha(conn)[old]["id"]
+
+    png(a, colour=(1, 2, 3), chunks={"parameters": A1111.format(prompt="a red fox", seed=2)})  # edited in place
+    new = sha_of(a)
+    second = import_paths(conn, settings, [folder], progress=False)
+    assert (second.imported, second.unchanged, second.duplicates, second.missing) == (1, 1, 0, 0)
+    shas = by_sha(conn)
+    assert shas[new]["path"] == str(a) and shas[old]["path"] == str(copy) and shas[old]["id"] == old_id
+    assert_ids_serve_their_content(conn)
+
+    png(copy, colour=(9, 9, 9))  # the last file holding the old content changes too: the old row goes missing
+    third = import_paths(conn, settings, [folder], progress=False)
+    assert (third.imported, third.unchanged, third.missing) == (1, 1, 1)
+    assert by_sha(conn)[old]["missing"] is True
+    assert_ids_serve_their_content(conn)
+    assert count_images(conn) == 2 and old_id not in {im.id for im in filter_images(conn, limit=100)}
+    assert old_id not in get_images(conn, ids=[old_id])
+    image = get_image(conn, image_id=old_id)
+    assert image is not None and image.missing  # kept: its id answers 410, and comes back with its content
+
+    restored = png(folder / "restored.png", chunks={"parameters": A1111.format(prompt="a red fox", seed=1)})
+    assert sha_of(restored) == old
+    fourth = import_paths(conn, settings, [folder], progress=False)
+    assert (fourth.imported, fourth.unchanged, fourth.duplicates) == (1, 2, 0)
+    assert by_sha(conn)[old] == {"id": old_id, "sha256": old, "path": str(restored), "missing": False}
+    assert count_images(conn) == 3
+
+
+def test_a_touched_file_is_unchanged_and_keeps_its_status(settings: Any, conn: Any, tmp_path: Path) -> None:
+    folder = tmp_path / "pics"
+    a = png(folder / "a.png")
+    shutil.copy(a, folder / "b.png")
+    import_paths(conn, settings, [folder], progress=False)
+    before = {r["path"]: r["status"] for r in rows(conn, "SELECT path, status FROM imported_files")}
+    assert before == {str(a): "imported", str(folder / "b.png"): "duplicate"}
+    for name in ("a.png", "b.png"):
+        os.utime(folder / name, (1_700_000_000, 1_700_000_000))
+    again = import_paths(conn, settings, [folder], progress=False)
+    assert (again.imported, again.unchanged, again.duplicates) == (0, 2, 0)
+    after = {r["path"]: r["status"] for r in rows(conn, "SELECT path, status FROM imported_files")}
+    assert after == before
+    assert rows(conn, "SELECT file_mtime FROM images")[0]["file_mtime"] == 1_700_000_000
+
+
+def test_each_file_is_counted_once_however_it_is_named(settings: Any, conn: Any, tmp_path: Path) -> None:
+    folder = tmp_path / "pics"
+    a = png(folder / "a.png")
+    png(folder / "sub" / "b.png", colour=(0, 0, 255))
+    (tmp_path / "link.png").symlink_to(a)
+    summary = import_paths(conn, settings, [folder, a, folder / "sub" / ".." / "a.png", tmp_path / "link.png",
+                                            folder / "sub"], progress=False)
+    assert (summary.files, summary.imported, summary.duplicates, summary.unchanged) == (2, 2, 0, 0)
+    assert {r["path"] for r in rows(conn, "SELECT path FROM imported_files")} == {str(a), str(folder / "sub" / "b.png")}
+
+
+def test_prune_marks_rows_whose_file_vanished(settings: Any, conn: Any, tmp_path: Path) -> None:
+    folder = tmp_path / "pics"
+    a = png(folder / "a.png")
+    b = png(folder / "b.png", colour=(0, 255, 0))
+    kept = folder / "kept-copy-of-a.png"
+    shutil.copy(a, kept)
+    other = png(tmp_path / "elsewhere" / "c.png", colour=(0, 0, 255))
+    import_paths(conn, settings, [folder, other], progress=False)
+    ids = {sha: r["id"] for sha, r in by_sha(conn).items()}
+    sha_a, sha_b, sha_c = sha_of(a), sha_of(b), sha_of(other)
+    a.unlink()
+    b.unlink()
+    other.unlink()  # outside the pruned folder: left alone
+
+    plain = import_paths(conn, settings, [folder], progress=False)
+    assert (plain.vanished, plain.missing) == (None, 0)  # without --prune nothing is marked
+    pruned = import_paths(conn, settings, [folder], progress=False, prune=True)
+    assert (pruned.unchanged, pruned.vanished, pruned.missing, pruned.errors) == (1, 2, 1, [])
+    shas = by_sha(conn)
+    assert shas[sha_a]["path"] == str(kept) and not shas[sha_a]["missing"]  # served from the copy now
+    assert shas[sha_b]["missing"] and not shas[sha_c]["missing"]
+    assert {r["path"] for r in rows(conn, "SELECT path FROM imported_files")} == {str(kept), str(other)}
+    assert {im.id for im in filter_images(conn, limit=100)} == {ids[sha_a], ids[sha_c]}
+
+    shutil.rmtree(folder)  # the whole folder is gone: pruning it is not an error
+    gone = import_paths(conn, settings, [folder], progress=False, prune=True)
+    assert (gone.files, gone.vanished, gone.missing, gone.errors) == (0, 1, 1, [])
+    assert by_sha(conn)[sha_a]["missing"]
+
+
+def test_files_of_missing_or_replaced_images_answer_410(settings: Any, conn: Any, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from promptdex.settings import get_settings
+    from search_api.app import create_app
+
+    folder = tmp_path / "pics"
+    gone = png(folder / "gone.png")
+    replaced = png(folder / "replaced.png", colour=(0, 255, 0))
+    fine = png(folder / "fine.png", colour=(0, 0, 255))
+    import_paths(conn, settings, [folder], progress=False)
+    ids = {Path(r["path"]).name: r["id"] for r in rows(conn, "SELECT id, path FROM images")}
+    gone.unlink()
+    import_paths(conn, settings, [folder], progress=False, prune=True)
+    png(replaced, colour=(50, 50, 50), size=(70, 50))  # replaced on disk, not imported again yet
+    api = get_settings(data_dir=settings.data_dir, database_url=settings.database_url, models="tiny",
+                       api={"rate_burst": 10_000, "rate_sustained": 100_000})
+    with TestClient(create_app(api), base_url="http://localhost") as client:
+        assert client.get(f"/images/{ids['fine.png']}").content == fine.read_bytes()
+        for route in ("images", "thumbs"):
+            answer = client.get(f"/{route}/{ids['gone.png']}")
+            assert answer.status_code == 410 and "imported again" in answer.json()["detail"], answer.text
+        answer = client.get(f"/images/{ids['replaced.png']}")
+        assert answer.status_code == 410 and "promptdex import" in answer.json()["detail"], answer.text
+        listed = client.get("/api/search", params={"q": ""}).json()  # browsing: no index needed
+        assert {item["id"] for item in listed["data"]} == {ids["replaced.png"], ids["fine.png"]}

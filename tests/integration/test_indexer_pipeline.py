@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from indexer.bundles import Bundle
+from indexer.bundles import MANIFEST, Bundle, read_manifest
 from indexer.embedders import ClipEmbedder, Embedders, load_clip
 from indexer.embedders.clip import TINY_CLIP_NAME
 from indexer.images import load_for_embedding
@@ -20,7 +20,7 @@ from indexer.importer import import_paths
 from indexer.indexing import IMAGE_BUNDLE, PROMPT_BUNDLE, index_status, run_index
 from indexer.keyword import PostgresKeywordIndex
 from indexer.service import IndexerService
-from promptdex.errors import IndexMismatch, PromptdexError
+from promptdex.errors import IndexCorrupt, IndexMismatch, PromptdexError
 from tests.unit.test_indexer_embedders import real_minilm, tiny_clip
 
 pytestmark = pytest.mark.integration
@@ -170,6 +170,60 @@ def test_bundle_of_another_model_is_refused_until_rebuild(setup: dict[str, Any])
     assert [b.added for b in report.bundles] == [40, 35] and report.keyword_added == 35
     assert Bundle.open(s["settings"].indexes_path / IMAGE_BUNDLE, model=other.model_id).count == 40
     assert_complete(s)
+
+
+def folder(settings: Any, name: str) -> dict[str, bytes]:
+    """Every file of a bundle folder with its content."""
+    return {p.name: p.read_bytes() for p in sorted((settings.indexes_path / name).iterdir())}
+
+
+def test_damaged_bundles_stop_the_run_before_any_work_and_rebuild_repairs_them(setup: dict[str, Any]) -> None:
+    s = setup
+    conn, settings = s["conn"], s["settings"]
+    run(s)
+    images = settings.indexes_path / IMAGE_BUNDLE
+    manifest = read_manifest(images)
+    assert manifest is not None
+    index_file = images / manifest.index_file
+    with index_file.open("r+b") as handle:  # the image bundle's index file cut short
+        handle.truncate(index_file.stat().st_size // 3)
+    prompt_manifest = settings.indexes_path / PROMPT_BUNDLE / MANIFEST  # the prompt bundle's manifest cut short
+    prompt_manifest.write_bytes(prompt_manifest.read_bytes()[:40])
+    before = {name: folder(settings, name) for name in (IMAGE_BUNDLE, PROMPT_BUNDLE)}
+    records = {name: recorded(conn, name) for name in (IMAGE_BUNDLE, PROMPT_BUNDLE)}
+
+    with pytest.raises(IndexCorrupt, match=f"{index_file}.*truncated.*promptdex index --rebuild"):
+        run(s)
+    assert {name: folder(settings, name) for name in before} == before  # nothing written
+    assert {name: recorded(conn, name) for name in records} == records  # nothing forgotten
+    status = {b["name"]: b for b in index_status(conn, settings, s["keyword"])["bundles"]}
+    assert status[IMAGE_BUNDLE]["state"] == "damaged" and str(index_file) in status[IMAGE_BUNDLE]["error"]
+    assert status[PROMPT_BUNDLE]["state"] == "damaged" and str(prompt_manifest) in status[PROMPT_BUNDLE]["error"]
+    assert status[IMAGE_BUNDLE]["recorded"] == 40 and status[PROMPT_BUNDLE]["recorded"] == 35
+
+    report = run(s, rebuild=True)
+    assert all(b.replaced_damaged for b in report.bundles) and [b.added for b in report.bundles] == [40, 35]
+    assert "replaced a damaged bundle" in report.line()
+    assert_complete(s)
+    for name in (IMAGE_BUNDLE, PROMPT_BUNDLE):
+        rebuilt = read_manifest(settings.indexes_path / name)
+        assert rebuilt is not None and list(folder(settings, name)) == [rebuilt.index_file, MANIFEST]
+    assert [b["state"] for b in index_status(conn, settings, s["keyword"])["bundles"]] == ["ok", "ok"]
+
+
+def test_a_rebuild_that_fails_half_way_leaves_the_old_bundle_and_its_records(setup: dict[str, Any]) -> None:
+    s = setup
+    conn, settings = s["conn"], s["settings"]
+    run(s)
+    before = folder(settings, IMAGE_BUNDLE)
+    row = conn.execute("SELECT manifest FROM index_bundles WHERE name = %s", (IMAGE_BUNDLE,)).fetchone()
+    crashing = Embedders(clip=CrashingClip(s["embedders"].clip), prompt=s["embedders"].prompt)  # type: ignore[arg-type]
+    with pytest.raises(Crash):
+        run(s, embedders=crashing, rebuild=True)
+    assert folder(settings, IMAGE_BUNDLE) == before  # the old bundle, as it was: nothing was swapped in
+    assert conn.execute("SELECT manifest FROM index_bundles WHERE name = %s", (IMAGE_BUNDLE,)).fetchone() == row
+    assert_complete(s)  # and its records: every row still has its one vector
+    assert [b.added for b in run(s).bundles] == [0, 0]
 
 
 def test_one_index_run_at_a_time(setup: dict[str, Any], database_url: str) -> None:
