@@ -6,14 +6,17 @@ import argparse
 import getpass
 import json
 import sys
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from promptdex import accounts
 from promptdex.console import out
 from promptdex.db import open_database
 from promptdex.errors import InvalidInput
 from promptdex.settings import Settings
+
+T = TypeVar("T")
 
 
 def register(sub: Any) -> None:
@@ -50,6 +53,16 @@ def register(sub: Any) -> None:
     revoke.set_defaults(func=run_token_revoke)
 
 
+def _call(settings: Settings, fn: Callable[..., T], **kwargs: Any) -> T:
+    """Run one accounts function on the database (opened for this command, closed after)."""
+    db = open_database(settings)
+    try:
+        with db.connect(autocommit=True) as conn:
+            return fn(conn, **kwargs)
+    finally:
+        db.close()
+
+
 def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         return sys.stdin.readline().rstrip("\r\n")
@@ -68,23 +81,13 @@ def _when(value: datetime | None) -> str:
 def run_add(args: argparse.Namespace, settings: Settings) -> int:
     role = accounts.parse_role(args.role)
     password = _read_password(args.password_stdin)
-    db = open_database(settings)
-    try:
-        with db.connect(autocommit=True) as conn:
-            user = accounts.add_user(conn, name=args.name, role=role, password=password)
-    finally:
-        db.close()
+    user = _call(settings, accounts.add_user, name=args.name, role=role, password=password)
     out(f"added {user.name} ({user.role.value})")
     return 0
 
 
 def run_list(args: argparse.Namespace, settings: Settings) -> int:
-    db = open_database(settings)
-    try:
-        with db.connect(autocommit=True) as conn:
-            users = [u for u in accounts.list_users(conn) if not u.builtin]
-    finally:
-        db.close()
+    users = [u for u in _call(settings, accounts.list_users) if not u.builtin]
     if args.json:
         out(json.dumps([{"name": u.name, "role": u.role.value, "created_at": u.created_at.isoformat()}
                         for u in users], indent=2))
@@ -98,35 +101,20 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_set_role(args: argparse.Namespace, settings: Settings) -> int:
     role = accounts.parse_role(args.role)
-    db = open_database(settings)
-    try:
-        with db.connect(autocommit=True) as conn:
-            user = accounts.set_role(conn, name=args.name, role=role)
-    finally:
-        db.close()
+    user = _call(settings, accounts.set_role, name=args.name, role=role)
     out(f"{user.name} is now {user.role.value}")
     return 0
 
 
 def run_remove(args: argparse.Namespace, settings: Settings) -> int:
-    db = open_database(settings)
-    try:
-        with db.connect(autocommit=True) as conn:
-            accounts.remove_user(conn, name=args.name)
-    finally:
-        db.close()
+    _call(settings, accounts.remove_user, name=args.name)
     out(f"removed {args.name}")
     return 0
 
 
 def run_token_create(args: argparse.Namespace, settings: Settings) -> int:
-    db = open_database(settings)
-    try:
-        with db.connect(autocommit=True) as conn:
-            token_id, token = accounts.create_token(conn, name=args.name, expires_days=args.expires,
-                                                    label=args.label)
-    finally:
-        db.close()
+    token_id, token = _call(settings, accounts.create_token, name=args.name, expires_days=args.expires,
+                            label=args.label)
     expiry = f", expires in {args.expires:g} days" if args.expires else ""
     out(f"token {token_id} for {args.name}{expiry}; it is shown once, keep it now:")
     out(token)
@@ -134,12 +122,7 @@ def run_token_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_token_list(args: argparse.Namespace, settings: Settings) -> int:
-    db = open_database(settings)
-    try:
-        with db.connect(autocommit=True) as conn:
-            tokens = accounts.list_tokens(conn)
-    finally:
-        db.close()
+    tokens = _call(settings, accounts.list_tokens)
     if args.json:
         out(json.dumps([{"id": t.id, "user": t.user, "role": t.role.value, "label": t.label,
                          "created_at": t.created_at.isoformat(),
@@ -158,11 +141,6 @@ def run_token_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    db = open_database(settings)
-    try:
-        with db.connect(autocommit=True) as conn:
-            accounts.revoke_token(conn, token_id=args.id)
-    finally:
-        db.close()
+    _call(settings, accounts.revoke_token, token_id=args.id)
     out(f"revoked token {args.id}")
     return 0
