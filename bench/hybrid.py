@@ -19,11 +19,16 @@ from bench.common import log, memory_of, summary_ms, tree_cpu
 
 
 def server_env(data_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of the API process: the benchmark's data dir, ViT-B-32 with random weights (no download)."""
+    """The environment of the API process: the benchmark's data dir, ViT-B-32 with random weights (no download).
+
+    Every load-generator client comes from one address: the read rate limits are set far above what the
+    benchmark sends, so it measures search, not the limiter.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTDEX_")}
     env.update(PROMPTDEX_DATA_DIR=str(data_dir), PROMPTDEX_INDEXER__CLIP_MODEL="ViT-B-32",
                PROMPTDEX_INDEXER__CLIP_PRETRAINED="", PROMPTDEX_INDEXER__DEVICE="cpu", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **(extra or {}))
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PROMPTDEX_API__RATE_BURST="1000000",
+               PROMPTDEX_API__RATE_SUSTAINED="100000000", **(extra or {}))
     return env
 
 
