@@ -9,11 +9,19 @@ const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
 let csrfFallback = null; // the csrf_token of /api/auth/me or login, for when the cookie cannot be read
 
 export class ApiError extends Error {
-  constructor(status, detail) {
+  constructor(status, detail, body = null) {
     super(detail);
     this.name = "ApiError";
     this.status = status;
     this.detail = detail;
+    this.body = body;
+  }
+
+  /** The validation errors ({loc, msg, type}): the body's `errors`, or FastAPI's own list in `detail`. */
+  get errors() {
+    const body = this.body || {};
+    if (Array.isArray(body.errors)) return body.errors;
+    return Array.isArray(body.detail) ? body.detail : [];
   }
 }
 
@@ -82,7 +90,7 @@ async function request(path, { params, method = "GET", json, form, signal, quiet
     }
   }
   if (!response.ok) {
-    const error = new ApiError(response.status, detailText(body, response));
+    const error = new ApiError(response.status, detailText(body, response), body);
     if (response.status === 401 && !quiet401) window.dispatchEvent(new CustomEvent("promptdex:unauthorized", { detail: error }));
     throw error;
   }
@@ -102,6 +110,20 @@ export const api = {
   createJobs: (kind, imageId, count) =>
     request("/api/jobs", { method: "POST", json: { kind, image_id: Number(imageId), count } }),
   job: (id, signal) => request(`/api/jobs/${encodeURIComponent(String(id))}`, { signal }), // ids are opaque strings
+  myJobs: (signal) => request("/api/jobs", { params: { mine: 1 }, signal }),
+  cancelJob: (id) => request(`/api/jobs/${encodeURIComponent(String(id))}`, { method: "DELETE" }),
+  jobEventsUrl: (id) => `/api/jobs/${encodeURIComponent(String(id))}/events`,
+  models: () => request("/api/models"),
+  /** POST /api/generations: JSON `fields`, or multipart when there is an init image (with `strength`). */
+  generate(fields, initImage) {
+    if (!initImage) return request("/api/generations", { method: "POST", json: fields });
+    const form = new FormData();
+    for (const [key, value] of Object.entries(fields)) {
+      if (value !== undefined && value !== null) form.append(key, String(value));
+    }
+    form.append("init_image", initImage, initImage.name || "init.png");
+    return request("/api/generations", { method: "POST", form });
+  },
   me: () => request("/api/auth/me", { quiet401: true }),
   login: (name, password) => request("/api/auth/login", { method: "POST", json: { name, password }, quiet401: true }),
   logout: () => request("/api/auth/logout", { method: "POST", quiet401: true }),

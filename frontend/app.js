@@ -2,12 +2,16 @@
 
 import { api } from "./api.js";
 import { Account } from "./auth.js";
+import { accountChanged as createAccountChanged, closeCreate, remix } from "./create.js";
+import { CreateBar, CreatePanel } from "./create-view.js";
 import {
   activeFilterCount, apiParams, fillFacets, queryString, readControls, readOptions, renderFilterBadge, writeControls,
 } from "./controls.js";
 import { DetailView } from "./detail.js";
 import { $, announce, debounce, h, isAbort, isTyping } from "./dom.js";
 import { Masonry } from "./grid.js";
+import { onJobDone, resetJobs } from "./jobs.js";
+import { mount, store, update } from "./store.js";
 import { Suggestions } from "./suggest.js";
 import { setupImageSearch } from "./upload.js";
 
@@ -25,6 +29,7 @@ const state = {
   imageQuery: null, // {name, url} while results come from an uploaded image
   opener: null, // the card that opened the detail view (focus returns there)
   started: false, // the first /api/auth/me has answered
+  remixing: null, // the image whose Remix waits for the detail view to close
 };
 
 const grid = new Masonry($("#results"), { onOpen: (id) => openImage(id, "push") });
@@ -32,11 +37,25 @@ const detail = new DetailView({
   onOpenImage: (id) => openImage(id, "push"),
   onClose: () => requestClose(),
   onStep: (delta) => step(delta),
+  onRemix: (item) => {
+    state.remixing = item;
+    state.opener = null; // the focus goes to the Create form instead
+    requestClose();
+  },
 });
 const input = $("#q");
 const suggestions = new Suggestions(input, $("#suggestions"), () => runSearch());
 const typed = debounce(() => runSearch(), TYPE_DEBOUNCE_MS);
 const account = new Account({ onChange: () => accountChanged() });
+
+/** "Sign in to create": the top bar's sign-in panel (or the form already on the page, when private). */
+function signInToCreate() {
+  if (account.panel.hidden) account.toggle();
+  else $("#signin-name").focus();
+}
+
+mount($("#create-bar"), CreateBar, { onSignIn: signInToCreate });
+mount($("#create-root"), CreatePanel, { onSignIn: signInToCreate });
 
 // ---------------------------------------------------------------- states and status
 
@@ -122,8 +141,12 @@ function jobHint() {
 
 function accountChanged() {
   detail.setJobAccess(account.canCreate, jobHint());
+  const before = store.state.account;
+  const user = account.user || null;
+  update({ account: { known: !!account.me, user, anonymous: account.anonymous, canCreate: account.canCreate } });
   if (!state.started) return;
-  detail.jobs.reset(); // another user's jobs are not ours to follow
+  if (JSON.stringify(before.user) !== JSON.stringify(user)) resetJobs(); // another user's jobs are not ours to follow
+  createAccountChanged();
   if (account.mustSignIn) {
     showPrivate();
     return;
@@ -297,6 +320,44 @@ function clearImageQuery({ search = true } = {}) {
   if (search) runSearch();
 }
 
+// ---------------------------------------------------------------- images a job made
+
+/** A view of the newest images (no query, no filter, not an image search): new ones go first. */
+function showsNewest() {
+  const { q, sort } = state.options;
+  return !state.imageQuery && !q.trim() && activeFilterCount(state.options) === 0 && (sort === "relevance" || sort === "newest");
+}
+
+/** A job finished: its images join the grid at once (first in a view of the newest; else the search runs again). */
+async function showMadeImages(ids) {
+  if (!state.started || account.mustSignIn || state.imageQuery) return;
+  if (!showsNewest()) {
+    runSearch();
+    return;
+  }
+  const fresh = [...new Set(ids.map(String))].filter((id) => indexOfImage(id) < 0);
+  if (!fresh.length) return;
+  const found = await Promise.all(fresh.map((id) => api.image(id).catch(() => null)));
+  const items = found.filter((item) => item && indexOfImage(item.id) < 0);
+  if (!items.length || !showsNewest()) return;
+  state.items = items.concat(state.items);
+  grid.prepend(items);
+  hideState();
+  setStatus(resultsStatus());
+  updateDetailNav();
+}
+
+onJobDone((ids) => showMadeImages(ids));
+
+// A finished job's thumbnail in the Create panel's queue opens in the detail view (the panel stays behind it).
+$("#create-root").addEventListener("click", (event) => {
+  const link = event.target.closest("a.job-link");
+  if (!link || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+  event.preventDefault();
+  openImage(link.dataset.id, "push");
+  state.opener = link;
+});
+
 // ---------------------------------------------------------------- detail view and history
 
 function indexOfImage(id) {
@@ -341,6 +402,9 @@ function closeDetail() {
   const opener = state.opener && state.opener.isConnected ? state.opener : null;
   state.opener = null;
   if (opener) opener.focus();
+  const item = state.remixing;
+  state.remixing = null;
+  if (item) remix(item); // the Create panel opens once the modal detail view is gone
 }
 
 async function step(delta) {

@@ -1,10 +1,12 @@
-// detail.js — the detail view: full image, every parameter, copy buttons, similar images, jobs.
+// detail.js — the detail view: full image, every parameter, copy buttons, similar images, jobs, Remix.
 
 import { api } from "./api.js";
 import { bindCopyButton } from "./clipboard.js";
 import { $, announce, h, isAbort, truncate } from "./dom.js";
 import { Masonry } from "./grid.js";
-import { JobPanel } from "./jobs.js";
+import { queueImageJobs } from "./jobs.js";
+import { JobList } from "./queue.js";
+import { mount, refresh } from "./store.js";
 
 const SIMILAR_K = 24;
 const VARIATIONS = 4;
@@ -26,7 +28,8 @@ function shortHash(hash) {
 
 export class DetailView {
   /**
-   * @param {{onOpenImage: (id: string) => void, onClose: () => void, onStep: (delta: number) => void}} hooks
+   * @param {{onOpenImage: (id: string) => void, onClose: () => void, onStep: (delta: number) => void,
+   *          onRemix: (item: object) => void}} hooks
    */
   constructor(hooks) {
     this.hooks = hooks;
@@ -36,10 +39,12 @@ export class DetailView {
     this.similarGrid = new Masonry($("#similar-grid"), { onOpen: (id) => hooks.onOpenImage(id), caption: false });
     this.similarState = $("#similar-state");
     this.jobAccess = { allowed: false, hint: "" };
-    this.jobs = new JobPanel($("#job-list"), () => this.jobButtonsEnabled());
     this.current = null; // the record shown (list item, then the full detail)
     this.controller = null;
     this.id = null;
+    // The jobs queued from this view (for this image), from the page's one job queue.
+    mount($("#job-list"), JobList, { filter: (record) => this.id !== null && record.origin.imageId === this.id
+      && (record.origin.source === "reproduce" || record.origin.source === "variations") });
 
     const copies = [
       ["#copy-prompt", () => this.current?.prompt, "prompt"],
@@ -54,9 +59,11 @@ export class DetailView {
     $("#detail-close").addEventListener("click", () => hooks.onClose());
     $("#detail-prev").addEventListener("click", () => hooks.onStep(-1));
     $("#detail-next").addEventListener("click", () => hooks.onStep(1));
-    $("#job-reproduce").addEventListener("click", (e) => this.jobs.create("reproduce", this.id, 1, e.currentTarget));
-    $("#job-variations").addEventListener("click", (e) =>
-      this.jobs.create("variations", this.id, VARIATIONS, e.currentTarget));
+    $("#job-reproduce").addEventListener("click", (e) => this.queueJobs("reproduce", 1, e.currentTarget));
+    $("#job-variations").addEventListener("click", (e) => this.queueJobs("variations", VARIATIONS, e.currentTarget));
+    $("#job-remix").addEventListener("click", () => {
+      if (this.current) hooks.onRemix(this.current);
+    });
     $("#job-list").addEventListener("click", (event) => {
       const link = event.target.closest("a.job-link");
       if (!link || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey) return;
@@ -95,7 +102,8 @@ export class DetailView {
     this.controller?.abort();
     this.controller = new AbortController();
     const { signal } = this.controller;
-    this.jobs.reset();
+    this.setJobError("");
+    refresh(); // the job list follows this.id
     this.dialog.querySelector(".detail-scroll").scrollTop = 0;
     this.setStatus("");
     this.render(hint || { id }, { partial: true });
@@ -115,7 +123,8 @@ export class DetailView {
     this.id = null;
     this.controller?.abort();
     this.controller = null;
-    this.jobs.reset();
+    this.setJobError("");
+    refresh();
     this.similarGrid.clear();
     if (this.isOpen) this.dialog.close();
     document.body.classList.remove("modal-open");
@@ -134,8 +143,30 @@ export class DetailView {
     return !!this.current?.reproduce && this.jobAccess.allowed;
   }
 
+  setJobError(message) {
+    const element = $("#job-error");
+    element.textContent = message;
+    element.hidden = !message;
+  }
+
+  /** POST /api/jobs for this image; the jobs show below the buttons and in the Create panel's queue. */
+  async queueJobs(kind, count, button) {
+    const id = this.id;
+    button.disabled = true;
+    button.setAttribute("aria-busy", "true");
+    this.setJobError("");
+    try {
+      await queueImageJobs(kind, id, count);
+    } catch (error) {
+      if (this.id === id) this.setJobError(`Could not start ${kind}: ${error.detail || error.message}`);
+    } finally {
+      button.removeAttribute("aria-busy");
+      button.disabled = !this.jobButtonsEnabled();
+    }
+  }
+
   updateJobButtons() {
-    for (const selector of ["#job-reproduce", "#job-variations"]) {
+    for (const selector of ["#job-reproduce", "#job-variations", "#job-remix"]) {
       const button = $(selector);
       if (!button.hasAttribute("aria-busy")) button.disabled = !this.jobButtonsEnabled();
     }

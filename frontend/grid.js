@@ -121,6 +121,16 @@ export class Masonry {
     return cards;
   }
 
+  /** Put `items` first (images just made, in a view of the newest). */
+  prepend(items) {
+    const cards = items.map((item) => cardFor(item, { caption: this.caption }));
+    this.root.prepend(...cards);
+    this.measure();
+    for (const card of cards) this.place(card);
+    requestAnimationFrame(() => this.layout());
+    return cards;
+  }
+
   cardById(id) {
     return this.root.querySelector(`a.card[data-id="${CSS.escape(String(id))}"]`);
   }

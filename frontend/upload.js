@@ -7,6 +7,11 @@ function hasFiles(event) {
   return !!types && Array.from(types).includes("Files");
 }
 
+/** Whether the event happens over an element that takes dropped files itself (the Create panel's init image). */
+function overOwnTarget(event) {
+  return event.target instanceof Element && !!event.target.closest("[data-drop-target]");
+}
+
 /** Call `onFile(file)` for a dropped or picked image; shows the drop overlay while dragging. */
 export function setupImageSearch(onFile) {
   const overlay = $("#drop-overlay");
@@ -20,12 +25,16 @@ export function setupImageSearch(onFile) {
 
   window.addEventListener("dragenter", (event) => {
     if (!hasFiles(event)) return;
+    if (overOwnTarget(event)) {
+      hide();
+      return;
+    }
     event.preventDefault();
     depth += 1;
     overlay.hidden = false;
   });
   window.addEventListener("dragover", (event) => {
-    if (!hasFiles(event)) return;
+    if (!hasFiles(event) || overOwnTarget(event)) return;
     event.preventDefault(); // allows the drop
     event.dataTransfer.dropEffect = "copy";
   });
@@ -36,8 +45,9 @@ export function setupImageSearch(onFile) {
   });
   window.addEventListener("drop", (event) => {
     if (!hasFiles(event)) return;
-    event.preventDefault();
     hide();
+    if (overOwnTarget(event)) return; // that element took the file
+    event.preventDefault();
     const file = event.dataTransfer.files && event.dataTransfer.files[0];
     if (file) onFile(file);
   });

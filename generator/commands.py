@@ -101,7 +101,7 @@ def _cli_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _drafts(args: argparse.Namespace, settings: Settings) -> list[Any]:
     from generator.drafts import Draft, draft_request, read_prompts_file
-    from generator.service import fill_defaults
+    from promptdex.catalog import fill_defaults
 
     options = _cli_options(args)
     if args.like is not None:
@@ -139,9 +139,9 @@ def _like_draft(args: argparse.Namespace, settings: Settings, options: dict[str,
     overrides = {k: options[k] for k in ("negative_prompt", "steps", "cfg", "sampler", "schedule", "model", "vae",
                                          "strength", "clip_skip") if options[k] is not None}
     if options["size"]:
-        from generator.requests import parse_size
+        from promptdex.generation import parse_size
 
-        overrides["width"], overrides["height"] = parse_size(options["size"])
+        overrides["width"], overrides["height"] = parse_size(options["size"], argument="--size")
     return Draft(request_like(image, seeds=seeds, overrides=overrides), None, f"--like {args.like}: ")
 
 
@@ -164,22 +164,24 @@ def run_generate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _enqueue(args: argparse.Namespace, settings: Settings, requests: list[Any]) -> int:
+    from promptdex.catalog import batch_key
     from promptdex.db import open_database
     from promptdex.jobs import enqueue_jobs
 
     size = args.batch or settings.generator.batch_size
-    payloads = []
+    payloads, keys = [], []
     for request in requests:
         seeds = request.seeds or []
         for start in range(0, len(seeds), size):
             chunk = seeds[start:start + size]
             payloads.append(request.model_copy(update={"seeds": chunk, "count": len(chunk)}).model_dump(
                 mode="json", exclude_none=True))
+            keys.append(batch_key(request))
     db = open_database(settings)
     try:
         with db.connect() as conn:
             ids = enqueue_jobs(conn, payloads=payloads, images=[int(p.get("count", 1)) for p in payloads],
-                               max_attempts=settings.generator.max_attempts)
+                               max_attempts=settings.generator.max_attempts, batch_keys=keys)
             conn.commit()
     finally:
         db.close()
@@ -277,13 +279,14 @@ def run_reproduce(args: argparse.Namespace, settings: Settings) -> int:
 def _queue_missing(args: argparse.Namespace, settings: Settings) -> int:
     from generator.output import find_missing_files
     from promptdex.db import open_database
+    from promptdex.generation import JobKind
     from promptdex.jobs import enqueue_jobs
 
     db = open_database(settings)
     try:
         with db.connect() as conn:
             missing = find_missing_files(conn, images_path=settings.images_path)
-            ids = enqueue_jobs(conn, payloads=[{"kind": "reproduce", "image_id": i} for i in missing])
+            ids = enqueue_jobs(conn, payloads=[{"image_id": i} for i in missing], kind=JobKind.REPRODUCE)
             conn.commit()
     finally:
         db.close()

@@ -18,16 +18,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from generator.output import check_init_image
-from generator.requests import (
+from promptdex.errors import InvalidInput
+from promptdex.generation import (
     MAX_SIZE,
     MIN_SIZE,
     GenerateRequest,
-    check_seeds,
     parse_seeds,
     parse_size,
     random_seeds,
+    seeds_problem,
 )
-from promptdex.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +83,11 @@ def _seeds(options: dict[str, Any], where: str) -> list[int]:
         raise InvalidInput(f"{where}--count: {count!r} is not accepted; accepted: a whole number of at least 1")
     seeds_opt = options.get("seeds")
     if seeds_opt is not None:
-        seeds = [int(s) for s in seeds_opt] if isinstance(seeds_opt, list) else parse_seeds(str(seeds_opt))
-        check_seeds(seeds)
+        seeds = [int(s) for s in seeds_opt] if isinstance(seeds_opt, list) else parse_seeds(str(seeds_opt),
+                                                                                            argument="--seeds")
+        problem = seeds_problem(seeds)
+        if problem:
+            raise InvalidInput(f"{where}--seeds: {problem}")
         if count is not None and count != len(seeds):
             raise InvalidInput(f"{where}--count {count} does not match the {len(seeds)} seeds of --seeds")
         return seeds
@@ -95,7 +98,9 @@ def _seeds(options: dict[str, Any], where: str) -> list[int]:
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise InvalidInput(f"{where}--seed: {seed!r} is not a whole number")
     seeds = list(range(seed, seed + n))
-    check_seeds(seeds, argument="--seed")
+    problem = seeds_problem(seeds)
+    if problem:
+        raise InvalidInput(f"{where}--seed: {problem}")
     return seeds
 
 
@@ -118,7 +123,7 @@ def draft_request(options: dict[str, Any], *, where: str = "") -> Draft:
         if "model_config" in opts:
             fields["model_config_path"] = str(Path(opts["model_config"]).expanduser().resolve())
         if "size" in opts:
-            fields["width"], fields["height"] = parse_size(str(opts["size"]))
+            fields["width"], fields["height"] = parse_size(str(opts["size"]), argument="--size")
         init_path = None
         if "init_image" in opts:
             init_path = Path(str(opts["init_image"])).expanduser()

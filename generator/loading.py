@@ -2,7 +2,9 @@
 
 `load_pipeline` returns a `LoadedModel`: the text-to-image pipeline on its device, an image-to-image pipeline that
 shares its components (made on first use), and the model's identity for the reproducibility record: hub id and
-revision (commit), or the file's sha256 and A1111 short hash, or the folder's content digest.
+revision (commit), or the file's sha256 and A1111 short hash, or the folder's content digest. An SDXL base can
+come with a refiner (`refiner=`): a StableDiffusionXLImg2ImgPipeline that shares the base's `text_encoder_2` and
+`vae` (diffusers' "ensemble of expert denoisers"), with an identity of the same shape.
 
 Single-file checkpoints (`.safetensors`, `.ckpt`, as A1111 users keep them) load with diffusers'
 `from_single_file`. diffusers needs the diffusers-format configs of the architecture for that; online it fetches
@@ -91,6 +93,8 @@ class LoadedModel:
     dtype: str
     base_scheduler_config: dict[str, Any]
     _img2img: Any = field(default=None, repr=False)
+    refiner: Any | None = field(default=None, repr=False)  # StableDiffusionXLImg2ImgPipeline, SDXL bases only
+    refiner_identity: dict[str, Any] | None = None  # the same shape as `identity`
 
     def img2img(self) -> Any:
         """The image-to-image pipeline sharing this model's components."""
@@ -107,11 +111,12 @@ class LoadedModel:
         return int(encoder.config.num_hidden_layers) if encoder is not None else 0
 
     def release(self) -> None:
-        """Drop the pipelines and free accelerator memory."""
+        """Drop the pipelines (the refiner's too) and free accelerator memory."""
         import torch
 
         self.pipeline = None
         self._img2img = None
+        self.refiner = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -127,18 +132,27 @@ def load_pipeline(
     revision: str | None = None,
     local_files_only: bool = False,
     models_path: Path | None = None,
+    refiner: str | None = None,
 ) -> LoadedModel:
-    """Load `model` (see `classify_model`) on `device` in `dtype`, with an optional VAE override.
+    """Load `model` (see `classify_model`) on `device` in `dtype`, with an optional VAE override and refiner.
 
     `config` (single files only): a diffusers folder or hub id with the architecture's configs. `revision`
     (hub only): a branch, tag or commit. `models_path`: where the tiny model is built and hashes are cached.
+    `refiner` (SDXL bases only): an SDXL refiner named like a model (hub id, diffusers folder or checkpoint file),
+    loaded on the same device in the same dtype, sharing the base's `text_encoder_2` and `vae`.
     """
     ref = classify_model(model)
     vae_ref = classify_vae(vae) if vae else None
+    refiner_ref = classify_model(refiner, argument="refiner") if refiner is not None else None
+    if refiner_ref is not None and refiner_ref.kind == "tiny":
+        raise InvalidInput(f"refiner: {refiner!r} is the SD 1.x tiny model, not an SDXL refiner; accepted: an SDXL "
+                           "refiner as a hub id (org/name), a diffusers folder, or a .safetensors/.ckpt file")
     if config is not None and ref.kind != "single_file":
         raise InvalidInput("--model-config applies only to a single-file checkpoint (.safetensors/.ckpt)")
     if ref.kind == "tiny" and models_path is None:
         raise ConfigError("the tiny model needs a models folder (PROMPTDEX_MODELS_DIR)")
+    if refiner_ref is not None and ref.kind == "tiny":
+        raise _not_sdxl_base(refiner, TINY_NAME, "StableDiffusionPipeline")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     prepare_determinism(dev)
@@ -146,29 +160,13 @@ def load_pipeline(
     import diffusers
 
     kwargs: dict[str, Any] = {"dtype": torch_dtype(dt)}
-    identity: dict[str, Any] = {"source": ref.kind, "spec": ref.value, "path": None, "revision": None,
-                                "sha256": None, "hash": None, "config": None, "vae": None}
-    config_folder: str | None = None
     try:
-        if ref.kind == "tiny":
-            folder, single = ensure_tiny_model(models_path)  # type: ignore[arg-type]
-            config_folder = str(folder)
-            sha = sha256_file(single, cache_dir=models_path)
-            identity.update(name=TINY_NAME, sha256=sha, hash=short_hash(sha))
-        elif ref.kind == "folder":
-            config_folder = ref.value
-            sha = sha256_folder(Path(ref.value), cache_dir=models_path)
-            identity.update(name=Path(ref.value).name, path=ref.value, sha256=sha, hash=short_hash(sha))
-        elif ref.kind == "hub":
-            config_folder = str(diffusers.DiffusionPipeline.download(
-                ref.value, revision=revision, local_files_only=local_files_only))
-            commit = Path(config_folder).name if Path(config_folder).parent.name == "snapshots" else revision
-            sha = sha256_folder(Path(config_folder), cache_dir=models_path)
-            identity.update(name=ref.value, revision=commit, sha256=sha, hash=short_hash(sha))
-        else:
-            sha = sha256_file(Path(ref.value), cache_dir=models_path)
-            identity.update(name=Path(ref.value).stem, path=ref.value, sha256=sha, hash=short_hash(sha),
-                            config=config)
+        identity, config_folder = _identify(ref, models_path=models_path, revision=revision,
+                                            local_files_only=local_files_only, config=config)
+        if refiner_ref is not None and config_folder is not None:  # refuse before loading any weights
+            base_class = _pipeline_class_name(Path(config_folder))
+            if base_class is not None and base_class != "StableDiffusionXLPipeline":
+                raise _not_sdxl_base(refiner, identity["name"], base_class)
         if vae_ref is not None:
             kwargs["vae"], identity["vae"] = _load_vae(vae_ref, dt, config_folder or config, models_path,
                                                        local_files_only)
@@ -180,13 +178,90 @@ def load_pipeline(
         hint = "; offline, the model must be in the local HF cache (or use --model tiny, PROMPTDEX_MODELS=tiny)" \
             if ref.kind == "hub" else ""
         raise ConfigError(f"cannot load model {model!r}: {_one_line(exc)}{hint}") from exc
+    if refiner_ref is not None and not isinstance(pipe, diffusers.StableDiffusionXLPipeline):
+        raise _not_sdxl_base(refiner, identity["name"], type(pipe).__name__)
+    refined, refiner_identity = (None, None) if refiner_ref is None else _load_refiner(
+        refiner_ref, pipe, dt, models_path, local_files_only)
     pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
     _clip_skip_compat(pipe)
     identity["pipeline"] = type(pipe).__name__
-    logger.info("loaded %s (%s) on %s as %s", identity["name"], identity["source"], dev, dt)
+    if refined is not None:
+        refined.to(dev)
+        refined.set_progress_bar_config(disable=True)
+        _clip_skip_compat(refined)
+    logger.info("loaded %s (%s) on %s as %s%s", identity["name"], identity["source"], dev, dt,
+                f" with refiner {refiner_identity['name']}" if refiner_identity else "")
     base = {k: v for k, v in dict(pipe.scheduler.config).items()}
-    return LoadedModel(pipe, identity, dev, dt, json.loads(json.dumps(base, default=list)))
+    return LoadedModel(pipe, identity, dev, dt, json.loads(json.dumps(base, default=list)), refiner=refined,
+                       refiner_identity=refiner_identity)
+
+
+def _identify(ref: ModelRef, *, models_path: Path | None, revision: str | None, local_files_only: bool,
+              config: str | None) -> tuple[dict[str, Any], str | None]:
+    """The record's identity of a model (without `pipeline`), and its diffusers folder (None for single files)."""
+    import diffusers
+
+    identity: dict[str, Any] = {"source": ref.kind, "spec": ref.value, "path": None, "revision": None,
+                                "sha256": None, "hash": None, "config": None, "vae": None}
+    config_folder: str | None = None
+    if ref.kind == "tiny":
+        folder, single = ensure_tiny_model(models_path)  # type: ignore[arg-type]
+        config_folder = str(folder)
+        sha = sha256_file(single, cache_dir=models_path)
+        identity.update(name=TINY_NAME, sha256=sha, hash=short_hash(sha))
+    elif ref.kind == "folder":
+        config_folder = ref.value
+        sha = sha256_folder(Path(ref.value), cache_dir=models_path)
+        identity.update(name=Path(ref.value).name, path=ref.value, sha256=sha, hash=short_hash(sha))
+    elif ref.kind == "hub":
+        config_folder = str(diffusers.DiffusionPipeline.download(
+            ref.value, revision=revision, local_files_only=local_files_only))
+        commit = Path(config_folder).name if Path(config_folder).parent.name == "snapshots" else revision
+        sha = sha256_folder(Path(config_folder), cache_dir=models_path)
+        identity.update(name=ref.value, revision=commit, sha256=sha, hash=short_hash(sha))
+    else:
+        sha = sha256_file(Path(ref.value), cache_dir=models_path)
+        identity.update(name=Path(ref.value).stem, path=ref.value, sha256=sha, hash=short_hash(sha), config=config)
+    return identity, config_folder
+
+
+def _pipeline_class_name(folder: Path) -> str | None:
+    try:
+        name = json.loads((folder / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError):
+        return None
+    return str(name) if name else None
+
+
+def _not_sdxl_base(refiner: str | None, name: str, pipeline: str) -> InvalidInput:
+    return InvalidInput(f"refiner: {refiner!r} refines SDXL base models only; {name} is a {pipeline}; accepted: "
+                        "an SDXL base (StableDiffusionXLPipeline) as the model, or no refiner")
+
+
+def _load_refiner(ref: ModelRef, base: Any, dtype: str, models_path: Path | None,
+                  local_files_only: bool) -> tuple[Any, dict[str, Any]]:
+    """The refiner pipeline (on the CPU, sharing the base's text_encoder_2 and vae) and its identity."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    shared = {"text_encoder_2": base.text_encoder_2, "vae": base.vae, "dtype": torch_dtype(dtype)}
+    try:
+        identity, folder = _identify(ref, models_path=models_path, revision=None, local_files_only=local_files_only,
+                                     config=None)
+        if folder is not None:
+            cls_name = _pipeline_class_name(Path(folder))
+            if cls_name is None or not cls_name.startswith("StableDiffusionXL"):
+                raise InvalidInput(f"refiner: {ref.value} is a {cls_name or 'folder of an unknown pipeline'}, not "
+                                   "an SDXL refiner (StableDiffusionXLImg2ImgPipeline)")
+            refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(folder, local_files_only=True, **shared)
+        else:
+            refiner = StableDiffusionXLImg2ImgPipeline.from_single_file(ref.value, local_files_only=local_files_only,
+                                                                        **shared)
+    except (OSError, ValueError) as exc:
+        hint = "; offline, the refiner must be in the local HF cache" if ref.kind == "hub" else ""
+        raise ConfigError(f"cannot load refiner {ref.value!r}: {_one_line(exc)}{hint}") from exc
+    identity["pipeline"] = type(refiner).__name__
+    return refiner, identity
 
 
 def _clip_skip_compat(pipe: Any) -> None:

@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,14 +227,10 @@ def _oriented_size(img: Any) -> tuple[int, int]:
 
 def store_input_image(path: Path, *, inputs_path: Path) -> str:
     """Keep an init image's bytes under the inputs folder (content-addressed); returns its sha256."""
-    sha, _, _ = check_init_image(path)
-    target = inputs_path / f"{sha}{path.suffix.lower() or '.img'}"
-    if not any(inputs_path.glob(f"{sha}.*")):
-        inputs_path.mkdir(parents=True, exist_ok=True)
-        tmp = inputs_path / f".{sha}.{uuid.uuid4().hex[:8]}"
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, target)
-    return sha
+    from promptdex.inputs import keep_input
+
+    check_init_image(path)
+    return keep_input(path.read_bytes(), suffix=path.suffix.lower(), folder=inputs_path)
 
 
 def input_image_file(sha: str, *, inputs_path: Path) -> Path:

@@ -78,6 +78,37 @@ def recorded_device_and_dtype(record: dict[str, Any]) -> tuple[str, str, int | N
     return device, dtype, int(threads) if threads else None, notes
 
 
+@dataclass
+class Rerendered:
+    """A record's image made again: the model it was made with, the image, its PNG bytes and the environment."""
+
+    loaded: Any
+    image: Any
+    data: bytes
+    environment: dict[str, Any]
+
+
+def rerender(record: dict[str, Any], *, settings: Settings, cache: ModelCache,
+             threads: int | None = None) -> Rerendered:
+    """Make a generation record's image again (no database): load its model (and refiner) through `cache`, render
+    its batch with the recorded thread count unless `threads` is given, and encode it as the generator does."""
+    from generator.loading import model_args_from_identity
+
+    spec, items, index = spec_from_record(record)
+    args = model_args_from_identity(record["model"])
+    loaded = cache.get_model(model=args["model"], config=args["config"], revision=args["revision"], vae=args["vae"],
+                             refiner=spec.refiner)
+    init = None
+    if spec.init_image:
+        init = load_input_image(spec.init_image, inputs_path=inputs_path(settings), size=(spec.width, spec.height))
+    recorded_threads = (record.get("environment") or {}).get("torch_threads")
+    with torch_threads(threads or (int(recorded_threads) if recorded_threads else None)):
+        rendered = render_batch(loaded, spec, items, init_image=init)[index]
+        environment = environment_record(loaded.device, loaded.dtype)
+    data, _, _ = encode_rendered(loaded, spec, items, index, rendered.image, environment)
+    return Rerendered(loaded, rendered.image, data, environment)
+
+
 def reproduce_image(conn: Any, settings: Settings, *, image_id: int, cache: ModelCache, threads: int | None = None,
                     restore: bool = True) -> ReproduceReport:
     """Render image `image_id` again with its recorded batch and compare.
@@ -89,27 +120,15 @@ def reproduce_image(conn: Any, settings: Settings, *, image_id: int, cache: Mode
     if image is None:
         raise NotFound(f"image {image_id} is not in the corpus")
     record = generation_record(image)
-    spec, items, index = spec_from_record(record)
-    from generator.loading import model_args_from_identity
-
-    args = model_args_from_identity(record["model"])
-    loaded = cache.get_model(model=args["model"], config=args["config"], revision=args["revision"], vae=args["vae"])
-    model_diffs = {k: [record["model"].get(k), loaded.identity.get(k)] for k in ("sha256", "revision", "pipeline")
-                   if record["model"].get(k) != loaded.identity.get(k)}
-    init = None
-    if spec.init_image:
-        init = load_input_image(spec.init_image, inputs_path=inputs_path(settings), size=(spec.width, spec.height))
-    recorded_threads = (record.get("environment") or {}).get("torch_threads")
-    with torch_threads(threads or (int(recorded_threads) if recorded_threads else None)):
-        rendered = render_batch(loaded, spec, items, init_image=init)[index]
-        environment = environment_record(loaded.device, loaded.dtype)
-    data, _, _ = encode_rendered(loaded, spec, items, index, rendered.image, environment)
+    again = rerender(record, settings=settings, cache=cache, threads=threads)
+    loaded, rendered, data, environment = again.loaded, again.image, again.data, again.environment
+    model_diffs = model_differences(record, loaded)
     env_diffs = environment_differences(record.get("environment") or {}, environment)
     report = ReproduceReport(image_id, identical=False, file_identical=sha256_bytes(data) == image.sha256,
                              environment=env_diffs, model=model_diffs)
     stored = _stored_path(settings, image.path)
     if stored.is_file():
-        report.pixels = compare_pixels(stored.read_bytes(), rendered.image)
+        report.pixels = compare_pixels(stored.read_bytes(), rendered)
         report.identical = report.pixels["differing"] == 0 and report.pixels["same_size"]
     elif report.file_identical and restore:
         restore_file(images_path=settings.images_path, rel=image.path, data=data)
@@ -119,6 +138,15 @@ def reproduce_image(conn: Any, settings: Settings, *, image_id: int, cache: Mode
             "" if report.file_identical else " and the new render's bytes differ, so it was not restored"))
     logger.info(report.summary())
     return report
+
+
+def model_differences(record: dict[str, Any], loaded: Any) -> dict[str, list[Any]]:
+    """{part: [recorded, loaded]} for the model's (and the refiner's, as refiner.PART) hash, revision, pipeline."""
+    parts = [("", record["model"], loaded.identity)]
+    if record.get("refiner"):
+        parts.append(("refiner.", record["refiner"].get("model") or {}, loaded.refiner_identity or {}))
+    return {f"{prefix}{k}": [old.get(k), new.get(k)] for prefix, old, new in parts
+            for k in ("sha256", "revision", "pipeline") if old.get(k) != new.get(k)}
 
 
 def _stored_path(settings: Settings, path: str) -> Path:

@@ -1,54 +1,33 @@
-"""Generation runs: fill in defaults, group compatible images into batches, render, write files and rows.
+"""Generation in three stages: plan (batches and seeds) -> render (pixels, no database) -> store (files and rows).
 
-Used by `promptdex generate` (in process) and by the worker (per claimed jobs). Images that share everything
-but prompt, negative prompt and seed are batched together (up to the batch size); one model stays loaded in a
-`ModelCache` while consecutive batches use it.
+`generate_images` runs them for `promptdex generate` (in process) and the worker (per claimed jobs); a Ray path
+can run `render_batch_of` on other machines and `store_rendered` here. Images that share everything but prompt,
+negative prompt and seed are batched together (up to the batch size); one model stays loaded in a `ModelCache`
+while consecutive batches use it. Defaults come from the model's profile (`promptdex.catalog.fill_defaults`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from generator.environment import environment_record
 from generator.loading import LoadedModel, load_pipeline, model_args_from_identity
 from generator.output import load_input_image, save_image
 from generator.render import BatchItem, RenderSpec, make_params, make_record, render_batch
-from generator.requests import GenerateRequest, random_seeds
 from generator.samplers import make_scheduler, resolve_sampler, scheduler_config, scheduler_from_record
+from promptdex.catalog import batch_key, default_model, model_profile
 from promptdex.errors import InvalidInput, PromptdexError
+from promptdex.generation import GenerateRequest, random_seeds
+from promptdex.inputs import inputs_path
 from promptdex.records import Image, NewImage
-from promptdex.settings import ModelsMode, Settings
+from promptdex.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-def inputs_path(settings: Settings) -> Path:
-    """Where init images are kept (PROMPTDEX_GENERATOR__INPUTS_DIR, default IMAGES_DIR/.inputs)."""
-    configured = settings.generator.inputs_dir
-    return configured.expanduser().resolve() if configured is not None else settings.images_path / ".inputs"
-
-
-def default_model(settings: Settings) -> str:
-    return "tiny" if settings.models == ModelsMode.TINY else settings.generator.model
-
-
-def fill_defaults(request: GenerateRequest, settings: Settings) -> GenerateRequest:
-    """The request with every unset setting taken from PROMPTDEX_GENERATOR__* (and PROMPTDEX_MODELS)."""
-    g = settings.generator
-    update: dict[str, Any] = {}
-    for name, value in (("steps", g.steps), ("cfg", g.cfg), ("width", g.width), ("height", g.height),
-                        ("model", default_model(settings))):
-        if getattr(request, name) is None:
-            update[name] = value
-    if request.sampler is None and request.scheduler_class is None:
-        update["sampler"] = g.sampler
-    return request.model_copy(update=update)
 
 
 def with_seeds(request: GenerateRequest, seeds: Sequence[int] | None = None) -> GenerateRequest:
@@ -60,13 +39,7 @@ def with_seeds(request: GenerateRequest, seeds: Sequence[int] | None = None) -> 
 
 
 def model_key(request: GenerateRequest) -> tuple[str | None, ...]:
-    return (request.model, request.model_config_path, request.revision, request.vae)
-
-
-def batch_key(request: GenerateRequest) -> str:
-    """Requests with the same key can share a pipeline call."""
-    data = request.model_dump(exclude={"prompt", "negative_prompt", "seeds", "count", "kind"})
-    return json.dumps(data, sort_keys=True, default=str)
+    return (request.model, request.model_config_path, request.revision, request.vae, request.refiner)
 
 
 class ModelCache:
@@ -83,17 +56,18 @@ class ModelCache:
 
     def get(self, request: GenerateRequest) -> LoadedModel:
         return self.get_model(model=request.model, config=request.model_config_path, revision=request.revision,
-                              vae=request.vae)
+                              vae=request.vae, refiner=request.refiner)
 
     def get_model(self, *, model: str | None, config: str | None = None, revision: str | None = None,
-                  vae: str | None = None) -> LoadedModel:
-        key = (model, config, revision, vae)
+                  vae: str | None = None, refiner: str | None = None) -> LoadedModel:
+        key = (model, config, revision, vae, refiner)
         if self._loaded is None or key != self._key:
             self.close()
+            extra: dict[str, Any] = {"refiner": refiner} if refiner else {}
             self._loaded = load_pipeline(
                 model or default_model(self.settings), device=self.device, dtype=self.dtype, vae=vae,
                 config=config, revision=revision, local_files_only=self.local_files_only,
-                models_path=self.settings.models_path,
+                models_path=self.settings.models_path, **extra,
             )
             self._key = key
         return self._loaded
@@ -104,15 +78,21 @@ class ModelCache:
         self._loaded, self._key = None, None
 
 
-def spec_for(request: GenerateRequest, loaded: LoadedModel) -> RenderSpec:
-    """The render spec of a (checked, filled) request on a loaded model."""
+def spec_for(request: GenerateRequest, loaded: LoadedModel, settings: Settings) -> RenderSpec:
+    """The render spec of a (checked, filled) request on a loaded model.
+
+    A new scheduler starts from the model's own config with its profile's overrides (a turbo model's trailing
+    timestep spacing, as its model card gives), then the sampler's and schedule's.
+    """
     if request.scheduler_class is not None:  # an exact scheduler, e.g. from a record (--like, variations)
         cls = request.scheduler_class
         config = scheduler_config(scheduler_from_record(cls, request.scheduler_config or {}))
         sampler, schedule = request.sampler or cls, request.schedule or "Automatic"
     else:
         choice = resolve_sampler(request.sampler or "", request.schedule)
-        config = scheduler_config(make_scheduler(choice, loaded.base_scheduler_config))
+        profile = model_profile(request.model or default_model(settings), settings)
+        base = {**loaded.base_scheduler_config, **profile.scheduler_overrides}
+        config = scheduler_config(make_scheduler(choice, base))
         sampler, schedule, cls = choice.sampler, choice.schedule, choice.cls
     if request.clip_skip > max(loaded.text_encoder_layers, 1):
         raise InvalidInput(f"--clip-skip: {request.clip_skip} is more than the model's "
@@ -122,6 +102,8 @@ def spec_for(request: GenerateRequest, loaded: LoadedModel) -> RenderSpec:
         scheduler_class=cls, scheduler_config_json=json.dumps(config, sort_keys=True), steps=int(request.steps or 0),
         cfg=float(request.cfg or 0), width=int(request.width or 0), height=int(request.height or 0),
         clip_skip=request.clip_skip, init_image=request.init_image, strength=request.strength,
+        refiner=(loaded.refiner_identity or {}).get("spec") if request.refiner else None,  # as the record gives it
+        refiner_start=request.refiner_start if request.refiner else None,
     )
 
 
@@ -132,22 +114,87 @@ class Outcome:
     ids: list[list[int]]
     errors: dict[int, str] = field(default_factory=dict)
     retryable: set[int] = field(default_factory=set)  # failed requests whose error may pass on a retry
+    stopped: set[int] = field(default_factory=set)  # requests a hook stopped (cancelled): nothing of them written
     created: int = 0
     existing: int = 0
     blocked: int = 0
 
 
+@dataclass
+class Batch:
+    """One pipeline call: which (request, seed) slots it fills, and the images' prompts and seeds."""
+
+    slots: list[tuple[int, int]]
+    request: GenerateRequest  # the first slot's request (all share its settings)
+    items: list[BatchItem]
+
+    @property
+    def requests(self) -> list[int]:
+        return sorted({ri for ri, _ in self.slots})
+
+
+@dataclass
+class RenderedBatch:
+    """A batch's pixels and what made them; nothing is written yet."""
+
+    batch: Batch
+    loaded: LoadedModel
+    spec: RenderSpec
+    images: list[Any]  # PIL images, None where the model's safety checker blocked one
+    environment: dict[str, Any]
+
+
+class StopBatch(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by a step hook: every request of the batch is to stop now (nothing of it is written)."""
+
+
 Progress = Callable[[int], None]
+StepHook = Callable[[Batch, int, int, Any], None]  # (batch, step, steps, latents); may raise StopBatch
 
 
-def plan_batches(requests: Sequence[GenerateRequest], batch_size: int) -> list[list[tuple[int, int]]]:
-    """(request index, seed index) lists, one per pipeline call, grouped by model first."""
+def plan_batches(requests: Sequence[GenerateRequest], batch_size: int) -> list[Batch]:
+    """Stage 1: the pipeline calls for requests that have their seeds, grouped by model first."""
     groups: dict[str, list[tuple[int, int]]] = {}
     for ri, request in enumerate(requests):
         for si in range(len(request.seeds or [])):
             groups.setdefault(batch_key(request), []).append((ri, si))
     ordered = sorted(groups.values(), key=lambda g: str(model_key(requests[g[0][0]])))
-    return [group[i:i + batch_size] for group in ordered for i in range(0, len(group), batch_size)]
+    size = max(1, batch_size)
+    batches = []
+    for group in ordered:
+        for i in range(0, len(group), size):
+            slots = group[i:i + size]
+            items = [BatchItem(requests[ri].prompt, requests[ri].negative_prompt, (requests[ri].seeds or [])[si])
+                     for ri, si in slots]
+            batches.append(Batch(slots, requests[slots[0][0]], items))
+    return batches
+
+
+def render_planned(settings: Settings, batch: Batch, *, cache: ModelCache,
+                   on_step: Callable[[int, int, Any], None] | None = None) -> RenderedBatch:
+    """Stage 2: make a batch's pixels (no database)."""
+    loaded = cache.get(batch.request)
+    spec = spec_for(batch.request, loaded, settings)
+    init = None
+    if spec.init_image:
+        init = load_input_image(spec.init_image, inputs_path=inputs_path(settings), size=(spec.width, spec.height))
+    extra: dict[str, Any] = {"on_step": on_step} if on_step is not None else {}
+    rendered = render_batch(loaded, spec, batch.items, init_image=init, **extra)
+    images = [None if r.blocked else r.image for r in rendered]
+    return RenderedBatch(batch, loaded, spec, images, environment_record(loaded.device, loaded.dtype))
+
+
+def store_batch(conn: Any, settings: Settings, rendered: RenderedBatch, *,
+                skip: Collection[int] = ()) -> list[tuple[int, bool] | None]:
+    """Stage 3: write the files and rows of a rendered batch; per slot (id, created), None if blocked or skipped."""
+    saved: list[tuple[int, bool] | None] = []
+    for index, ((ri, _), image) in enumerate(zip(rendered.batch.slots, rendered.images, strict=True)):
+        if image is None or ri in skip:
+            saved.append(None)
+            continue
+        saved.append(store_rendered(conn, settings, rendered.loaded, rendered.spec, rendered.batch.items, index,
+                                    image, rendered.environment))
+    return saved
 
 
 def generate_images(
@@ -161,61 +208,60 @@ def generate_images(
     after_batch: Callable[[], None] | None = None,
     fail_fast: bool = True,
     fatal: Callable[[BaseException], bool] | None = None,
+    on_step: StepHook | None = None,
+    stopped: Callable[[], Collection[int]] | None = None,
 ) -> Outcome:
-    """Render and store the images of checked requests that have their seeds. `conn`: autocommit connection.
+    """Plan, render and store the images of checked requests that have their seeds. `conn`: autocommit.
 
     With `fail_fast` off, a failed batch is recorded and the next one runs, except for errors `fatal` says
-    nothing more can get past (a full disk): those are raised at once.
+    nothing more can get past (a full disk): those are raised at once. `on_step` sees every denoising step and
+    may raise StopBatch; `stopped()` names requests to leave out from now on (cancelled ones): their images
+    are not stored and their later batches do not run.
     """
     outcome = Outcome(ids=[[] for _ in requests])
     slots: list[list[int | None]] = [[None] * len(r.seeds or []) for r in requests]
-    for batch in plan_batches(requests, max(1, batch_size)):
-        if any(ri in outcome.errors for ri, _ in batch):
+    for batch in plan_batches(requests, batch_size):
+        if stopped is not None:
+            outcome.stopped.update(stopped())
+        if all(ri in outcome.errors or ri in outcome.stopped for ri in batch.requests):
             if progress:
-                progress(len(batch))
+                progress(len(batch.slots))
             continue
-        first = requests[batch[0][0]]
+        hook = None if on_step is None else (lambda step, steps, latents, b=batch: on_step(b, step, steps, latents))
         try:
-            _render_and_store(conn, settings, requests, batch, first, cache, outcome, slots)
+            rendered = render_planned(settings, batch, cache=cache, on_step=hook)
+            if stopped is not None:
+                outcome.stopped.update(stopped())
+            saved = store_batch(conn, settings, rendered, skip=outcome.stopped | set(outcome.errors))
+        except StopBatch:
+            outcome.stopped.update(batch.requests)
+            saved = []
         except (PromptdexError, RuntimeError, ValueError, OSError) as exc:
             if fail_fast or (fatal is not None and fatal(exc)):
                 raise
             message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PromptdexError) else str(exc)
-            logger.error("batch of %d images failed: %s", len(batch), message)
-            for ri, _ in batch:
+            logger.error("batch of %d images failed: %s", len(batch.slots), message)
+            for ri in batch.requests:
                 outcome.errors.setdefault(ri, message)
                 if not isinstance(exc, PromptdexError):
                     outcome.retryable.add(ri)
+            saved = []
+        for (ri, si), item, result in zip(batch.slots, batch.items, saved, strict=False):
+            if result is None:
+                if ri not in outcome.stopped and ri not in outcome.errors:
+                    outcome.blocked += 1
+                    logger.warning("the model's safety checker blocked seed %d of %r; not stored", item.seed,
+                                   item.prompt[:60])
+                continue
+            slots[ri][si] = result[0]
+            outcome.created += int(result[1])
+            outcome.existing += int(not result[1])
         if progress:
-            progress(len(batch))
+            progress(len(batch.slots))
         if after_batch:
             after_batch()
     outcome.ids = [[i for i in row if i is not None] for row in slots]
     return outcome
-
-
-def _render_and_store(conn: Any, settings: Settings, requests: Sequence[GenerateRequest],
-                      batch: list[tuple[int, int]], first: GenerateRequest, cache: ModelCache, outcome: Outcome,
-                      slots: list[list[int | None]]) -> None:
-    loaded = cache.get(first)
-    spec = spec_for(first, loaded)
-    items = [BatchItem(requests[ri].prompt, requests[ri].negative_prompt, (requests[ri].seeds or [])[si])
-             for ri, si in batch]
-    init = None
-    if spec.init_image:
-        init = load_input_image(spec.init_image, inputs_path=inputs_path(settings), size=(spec.width, spec.height))
-    rendered = render_batch(loaded, spec, items, init_image=init)
-    environment = environment_record(loaded.device, loaded.dtype)
-    for index, ((ri, si), result) in enumerate(zip(batch, rendered, strict=True)):
-        if result.blocked:
-            outcome.blocked += 1
-            logger.warning("the model's safety checker blocked seed %d of %r; not stored", items[index].seed,
-                           items[index].prompt[:60])
-            continue
-        saved = store_rendered(conn, settings, loaded, spec, items, index, result.image, environment)
-        slots[ri][si] = saved[0]
-        outcome.created += int(saved[1])
-        outcome.existing += int(not saved[1])
 
 
 def encode_rendered(loaded: LoadedModel, spec: RenderSpec, items: list[BatchItem], index: int, image: Any,

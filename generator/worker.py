@@ -1,13 +1,15 @@
 """`promptdex worker`: take generation jobs from PostgreSQL, batch compatible ones, keep the model loaded.
 
-Jobs are claimed with `promptdex.jobs.claim_jobs` (FOR UPDATE SKIP LOCKED), so any number of workers on any
-number of machines never take the same job. While it works, a heartbeat thread renews the leases of its
+Jobs are claimed with `promptdex.jobs.claim_jobs` (fair between users, FOR UPDATE SKIP LOCKED), so any number of
+workers on any number of machines never take the same job; an idle worker sleeps until a new job's NOTIFY wakes
+it (and looks every PROMPTDEX_GENERATOR__POLL_SECONDS for jobs whose worker died). Each step's progress and
+cancellation go through `generator.progress`. While it works, a heartbeat thread renews the leases of its
 jobs every third of the lease (on a connection of its own, so a render longer than the lease never loses its
 job); a worker that dies stops renewing, and once its lease has run out the job is handed to the next worker
 (up to the job's max_attempts). Jobs are idempotent: their seeds are fixed when queued (or derived from the
 job), so a retried job makes the same bytes, which the corpus stores once, and whichever attempt finishes
 first links them to the job. A lost database or a full disk stops the worker at once (its jobs go back to
-the queue). Payload schema: see `generator.requests`.
+the queue). Payload schema: see `promptdex.generation`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,25 +31,18 @@ import psycopg
 
 from generator.environment import torch_threads
 from generator.output import input_image_file, repair_incoming
-from generator.requests import (
-    RANDOM_SEED_BITS,
-    GenerateRequest,
-    ReproduceJob,
-    VariationsJob,
-    check_inputs,
-    parse_payload,
-)
-from generator.service import ModelCache, fill_defaults, generate_images, inputs_path, request_like, with_seeds
+from generator.progress import JobProgress
+from generator.requests import check_inputs
+from generator.service import ModelCache, generate_images, inputs_path, request_like, with_seeds
+from promptdex.catalog import fill_defaults, model_profile
 from promptdex.db import Database, open_database
 from promptdex.errors import DatabaseError, InvalidInput, NotFound, PromptdexError
-from promptdex.jobs import Job, claim_jobs, complete_job, extend_lease, fail_job
+from promptdex.generation import RANDOM_SEED_BITS, GenerateRequest, ReproduceJob, VariationsJob, parse_payload
+from promptdex.jobs import WAKE_CHANNEL, Job, claim_jobs, complete_job, extend_lease, fail_job, mark_cancelled
 from promptdex.settings import Settings
 from promptdex.store import get_image
 
 logger = logging.getLogger(__name__)
-
-JOB_KINDS = ("generate", "reproduce", "variations")
-
 
 def default_worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -63,12 +59,14 @@ class WorkerReport:
     name: str
     done: int = 0
     failed: int = 0
+    cancelled: int = 0
     images: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"worker {self.name}: {self.done} jobs done, {self.failed} failed, {self.images} images "
+        return (f"worker {self.name}: {self.done} jobs done, {self.failed} failed, {self.cancelled} cancelled, "
+                f"{self.images} images "
                 f"in {self.seconds:.1f} s")
 
 
@@ -117,14 +115,25 @@ class Heartbeat:
             conn.close()
 
 
-def claim_any(conn: Any, *, worker: str, limit: int, lease_seconds: float) -> list[Job]:
-    """Up to `limit` jobs of any kind this worker runs, oldest first within each kind."""
-    jobs: list[Job] = []
-    for kind in JOB_KINDS:
-        if len(jobs) >= limit:
-            break
-        jobs += claim_jobs(conn, worker=worker, limit=limit - len(jobs), lease_seconds=lease_seconds, kind=kind)
-    return jobs
+class Wakeup:
+    """LISTENs on the jobs channel from a connection of its own; `wait` returns when a job was queued or `poll`
+    seconds passed (or `stop` was set: it looks every second)."""
+
+    def __init__(self, db: Database) -> None:
+        self.conn = db.connect(autocommit=True)
+        self.conn.execute(f"LISTEN {WAKE_CHANNEL}")
+
+    def wait(self, poll: float, stop: threading.Event) -> None:
+        deadline = time.monotonic() + poll
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            for _ in self.conn.notifies(timeout=min(1.0, left), stop_after=1):
+                return
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def run_worker(
@@ -153,16 +162,18 @@ def run_worker(
     cache = ModelCache(settings, device=device, dtype=dtype)
     try:
         with db.connect(autocommit=True) as conn, torch_threads(threads or settings.generator.threads), \
-                Heartbeat(db, worker=report.name, lease_seconds=lease) as heartbeat:
+                Heartbeat(db, worker=report.name, lease_seconds=lease) as heartbeat, ExitStack() as stack:
             repair_incoming(conn, images_path=settings.images_path)
+            wakeup = Wakeup(db)
+            stack.callback(wakeup.close)
             taken = 0
             while not stop.is_set():
                 limit = size if max_jobs is None else min(size, max_jobs - taken)
-                jobs = claim_any(conn, worker=report.name, limit=limit, lease_seconds=lease) if limit > 0 else []
+                jobs = claim_jobs(conn, worker=report.name, limit=limit, lease_seconds=lease) if limit > 0 else []
                 if not jobs:
                     if once or (max_jobs is not None and taken >= max_jobs):
                         break
-                    stop.wait(poll)
+                    wakeup.wait(poll, stop)
                     continue
                 taken += len(jobs)
                 logger.info("%s took jobs %s", report.name, [j.id for j in jobs])
@@ -197,7 +208,7 @@ def process_jobs(conn: Any, settings: Settings, jobs: list[Job], *, worker: str,
                 _run_reproduce(conn, settings, job, payload, worker=worker, cache=cache, report=report)
                 continue
             request = _generate_request(conn, settings, job, payload)
-            check_inputs(request, where=f"job {job.id}: ")
+            check_inputs(request, flags=False)
             if request.init_image:
                 input_image_file(request.init_image, inputs_path=inputs_path(settings))
             pending.append((job, request))
@@ -210,17 +221,28 @@ def process_jobs(conn: Any, settings: Settings, jobs: list[Job], *, worker: str,
     def renew() -> None:
         extend_lease(conn, job_ids=job_ids, worker=worker, lease_seconds=lease_seconds)
 
+    requests = [r for _, r in pending]
+    tracker = JobProgress(conn, worker=worker, jobs=[job for job, _ in pending],
+                          images=[len(r.seeds or []) for r in requests],
+                          family=model_profile(requests[0].model or "", settings).family.value)
     try:
-        outcome = generate_images(conn, settings, [r for _, r in pending], cache=cache, batch_size=batch_size,
+        outcome = generate_images(conn, settings, requests, cache=cache, batch_size=batch_size,
                                   progress=on_images, after_batch=renew, fail_fast=False,
-                                  fatal=lambda exc: isinstance(exc, OSError) and exc.errno in FATAL_ERRNOS)
+                                  fatal=lambda exc: isinstance(exc, OSError) and exc.errno in FATAL_ERRNOS,
+                                  on_step=tracker.on_step, stopped=tracker.stopped)
     except OSError as exc:
         message = (f"{settings.images_path}: the disk is full or read-only ({os.strerror(exc.errno or 0)}); "
                    "free space there and run the worker again (its jobs went back to the queue)")
         for job_id in job_ids:
             fail_job(conn, job_id=job_id, worker=worker, error=message, retry=True)
         raise StorageFull(message) from exc
+    cancelled = [job.id for index, (job, _) in enumerate(pending) if index in outcome.stopped]
+    if cancelled:
+        mark_cancelled(conn, job_ids=cancelled, worker=worker)
+        report.cancelled += len(cancelled)
     for index, (job, _) in enumerate(pending):
+        if index in outcome.stopped:
+            continue
         if index in outcome.errors:
             _fail(conn, job, worker, outcome.errors[index], retry=index in outcome.retryable, report=report)
         elif complete_job(conn, job_id=job.id, worker=worker, image_ids=outcome.ids[index]):

@@ -25,6 +25,10 @@ class InvalidInput(PromptdexError):
     """An argument or a file is not acceptable (the message says what is)."""
 
 
+class Conflict(PromptdexError):
+    """The request does not fit the record's state (e.g. cancelling a job that has ended)."""
+
+
 class IndexMismatch(PromptdexError):
     """An index bundle was built by another model than the one loaded."""
 
@@ -62,3 +66,16 @@ class UnsupportedMedia(PromptdexError):
 class IndexCorrupt(IndexMissing):
     """An index bundle is there but cannot be used: a file is damaged, truncated or unreadable. The message names
     the file and the command that repairs it; as an unusable index it answers like IndexMissing (503)."""
+
+
+class InvalidFields(InvalidInput):
+    """One or more fields of a request are not acceptable: `fields` holds (field, message) per problem.
+
+    The field is named as the caller sent it (`steps`); the CLI turns it into its flag (`--steps`), the API into
+    `errors[].loc`. `where` prefixes the text (e.g. "prompts.jsonl:3: ").
+    """
+
+    def __init__(self, fields: list[tuple[str, str]], *, where: str = "") -> None:
+        self.fields = fields
+        self.where = where
+        super().__init__(where + "; ".join(f"{name}: {message}" for name, message in fields))

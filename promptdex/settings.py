@@ -31,20 +31,29 @@ class DatabaseSettings(BaseModel):
 class GeneratorSettings(BaseModel):
     """Defaults for `promptdex generate` and `promptdex worker`."""
 
-    model: str = Field("stabilityai/sd-turbo", description="Hub id, diffusers folder, or checkpoint file.")
+    model: str = Field("stabilityai/sd-turbo", description="Default model: hub id, diffusers folder, or checkpoint "
+                       "file.")
+    models: list[str] = Field(
+        default_factory=list, description="Models the API and the page offer (JSON list; empty: only the default "
+        "model; with PROMPTDEX_MODELS=tiny: only tiny).")
+    refiners: dict[str, str] = Field(
+        default_factory=dict, description='SDXL refiners by base model, as JSON, e.g. {"BASE": "REFINER"}; a base '
+        "with one runs it for the last steps.")
     device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")
     dtype: str = Field("auto", description="auto (float16 on cuda, float32 otherwise), float32, float16, bfloat16.")
-    steps: int = Field(20, ge=1, description="Default sampling steps.")
-    cfg: float = Field(7.0, ge=0, description="Default classifier-free guidance scale.")
-    sampler: str = Field("Euler a", description="Default sampler (A1111 name or diffusers class).")
-    width: int = Field(512, ge=8, description="Default width in pixels.")
-    height: int = Field(512, ge=8, description="Default height in pixels.")
+    steps: int | None = Field(None, ge=1, description="Default sampling steps (unset: the model profile's).")
+    cfg: float | None = Field(None, ge=0, description="Default guidance scale (unset: the model profile's).")
+    sampler: str | None = Field(None, description="Default sampler, A1111 name or diffusers class (unset: the "
+                                "model profile's).")
+    width: int | None = Field(None, ge=8, description="Default width in pixels (unset: the model profile's).")
+    height: int | None = Field(None, ge=8, description="Default height in pixels (unset: the model profile's).")
     batch_size: int = Field(4, ge=1, description="Images per pipeline call.")
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads while generating (unset: torch's default); recorded per image."
     )
     inputs_dir: Path | None = Field(None, description="Kept img2img init images (default IMAGES_DIR/.inputs).")
-    poll_seconds: float = Field(2.0, gt=0, description="How often an idle `promptdex worker` looks for jobs.")
+    poll_seconds: float = Field(30.0, gt=0, description="How often an idle `promptdex worker` looks for jobs "
+                                "(new jobs wake it at once by NOTIFY; this catches jobs whose worker died).")
     lease_seconds: float = Field(
         600.0, gt=0, description="A worker's hold on a job, renewed every third of it while the worker lives; "
         "a job whose worker died is retried after it.")

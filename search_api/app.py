@@ -18,7 +18,7 @@ from psycopg_pool import ConnectionPool
 from promptdex.db import open_database
 from promptdex.errors import ConfigError
 from promptdex.settings import Settings
-from search_api import errors, openapi, routes_auth, routes_files, routes_jobs, routes_search
+from search_api import errors, openapi, routes_auth, routes_files, routes_generations, routes_jobs, routes_search
 from search_api.engines import Engines, load_engines
 from search_api.limits import RateLimits
 from search_api.middleware import GuardMiddleware, split_list
@@ -98,7 +98,8 @@ def create_app(settings: Settings, *, engines: Engines | None = None) -> FastAPI
         lifespan=lifespan,
     )
     errors.install(app)
-    routers = [routes_search.router, routes_jobs.router, routes_auth.router, routes_files.router]
+    routers = [routes_search.router, routes_generations.router, routes_jobs.router, routes_auth.router,
+               routes_files.router]
     for router in routers:
         app.include_router(router)
     routes_files.mount_frontend(app, FRONTEND_DIR)

@@ -16,10 +16,12 @@ from starlette.exceptions import HTTPException
 
 from promptdex.errors import (
     ConfigError,
+    Conflict,
     DatabaseError,
     Forbidden,
     IndexMismatch,
     IndexMissing,
+    InvalidFields,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
@@ -47,7 +49,7 @@ class ErrorBody(BaseModel):
 STATUS: list[tuple[type[Exception], int]] = [
     (NotFound, 404), (InvalidInput, 422), (IndexMismatch, 409), (IndexMissing, 503), (PayloadTooLarge, 413),
     (UnsupportedMedia, 415), (DatabaseError, 503), (Unauthorized, 401), (Forbidden, 403), (QuotaExceeded, 429),
-    (ConfigError, 500),
+    (ConfigError, 500), (Conflict, 409),
 ]
 
 _DESCRIPTIONS = {
@@ -55,7 +57,8 @@ _DESCRIPTIONS = {
     401: "Sign-in needed, or the credentials are unknown, expired or revoked.",
     403: "The caller's role is too low (the message names the role needed), or the CSRF token is missing.",
     404: "No such record.",
-    409: "An index bundle was built by another model than the one loaded.",
+    409: "The record's state does not allow it (a job that has ended), or an index bundle was built by another "
+         "model than the one loaded.",
     410: "The image's file is gone or now holds other content; the image is hidden until it is imported again.",
     413: "The body or upload is over its limit.",
     415: "The upload is not an image that is accepted.",
@@ -95,6 +98,11 @@ def install(app: FastAPI) -> None:
     """Map domain errors, validation errors, HTTP errors and any bug to JSON `{detail}` answers."""
     for exc_type, status in STATUS:
         app.add_exception_handler(exc_type, _domain_handler(status))
+
+    @app.exception_handler(InvalidFields)
+    async def invalid_fields(_: Request, exc: InvalidFields) -> JSONResponse:
+        errors = [{"loc": ["body", name], "msg": message, "type": "value_error"} for name, message in exc.fields]
+        return _error(422, str(exc), errors=errors)
 
     @app.exception_handler(RequestValidationError)
     async def validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -129,16 +129,83 @@ class JobsCreated(BaseModel):
     job_ids: list[str] = Field(description="Opaque job ids, for GET /api/jobs/{id}.")
 
 
+class JobProgress(BaseModel):
+    step: int = Field(description="The denoising step of the pipeline call in hand, 1 to steps.")
+    steps: int
+    images_done: int = Field(description="Images of this job finished before the call in hand.")
+    images: int = Field(description="Images this job makes.")
+    fraction: float = Field(description="How much of the job is done, 0 to 1.")
+
+
 class JobOut(BaseModel):
     id: str = Field(description="The job's opaque id.")
-    kind: str
-    status: str
+    kind: Literal["generate", "reproduce", "variations"]
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
     attempts: int
     error: str | None
     image_ids: list[int]
     payload: dict[str, Any]
     created_at: datetime
+    started_at: datetime | None
     finished_at: datetime | None
+    queue_position: int | None = Field(description="1 for the next job a worker takes; null unless queued.")
+    progress: JobProgress | None
+    eta_seconds: float | None = Field(description="Estimated seconds until done, from recent jobs' speed.")
+    preview: str | None = Field(description="A small preview of the image being made (data URL), while running.")
+    cancel_requested: bool
+
+
+class ModelProfileOut(BaseModel):
+    family: str
+    label: str
+    width: int
+    height: int
+    steps: int
+    cfg: float
+    sampler: str
+    schedule: str
+    steps_range: list[int]
+    cfg_range: list[float]
+    sizes: list[list[int]]
+    notes: str
+    refiner_start: float | None
+
+
+class ModelOut(BaseModel):
+    name: str = Field(description="What to send as `model`.")
+    label: str
+    default: bool
+    family: str
+    refiner: str | None
+    profile: ModelProfileOut
+
+
+class GenerationLimits(BaseModel):
+    min_size: int
+    max_size: int
+    max_steps: int
+    max_cfg: float
+    max_count: int
+    max_prompt_chars: int
+    max_prompt_tokens: int
+
+
+class ModelList(BaseModel):
+    data: list[ModelOut]
+    samplers: list[str]
+    schedules: list[str]
+    limits: GenerationLimits
+
+
+class GenerationCreated(BaseModel):
+    id: str = Field(description="The job's opaque id, for GET /api/jobs/{id} and its events.")
+    status: Literal["queued"]
+    model: str
+    seeds: list[int] = Field(description="One seed per image (drawn at random when none was given).")
+    count: int
+    warnings: list[str] = Field(description="Settings outside the model's recommended ranges (allowed).")
+    queue_position: int | None
+    request: dict[str, Any] = Field(description="The full request the worker runs, defaults filled in.")
 
 
 class JobList(BaseModel):

@@ -25,7 +25,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parents[2] / "data" / "prompts.txt"
 TINY_MARKER = ".demo-tiny"
-TINY_SIZE, TINY_STEPS = "128x128", "8"
 
 
 def register(sub: Any) -> None:
@@ -134,7 +133,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         out(f"generating {len(todo)} demo images ({have} already made)")
         listing = settings.data_path / "demo-prompts.todo"
         listing.write_text("\n".join(todo) + "\n", encoding="utf-8")
-        extra = ["--model", "tiny", "--size", TINY_SIZE, "--steps", TINY_STEPS] if tiny else []
+        extra = ["--model", "tiny"] if tiny else []  # size, steps and guidance: the model's profile
         _must(_cli("generate", "--prompts-file", str(listing), *extra, env=env, quiet=True),
               "generating the demo images")
         listing.unlink(missing_ok=True)

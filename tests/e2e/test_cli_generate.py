@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 
 from generator.environment import torch_threads
-from generator.requests import GenerateRequest
 from generator.service import ModelCache, fill_defaults, generate_images
 from generator.tiny import ensure_tiny_model
 from generator.worker import run_worker
 from promptdex.db import open_database
+from promptdex.generation import GenerateRequest
 from promptdex.jobs import enqueue_jobs, get_job
 from promptdex.settings import ModelsMode, get_settings
 from promptdex.store import count_images, get_image

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 import pytest
 
 from generator.tiny import ensure_tiny_model
 from generator.worker import run_worker
+from promptdex.generation import JobKind
 from promptdex.jobs import enqueue_jobs, get_job
 from promptdex.settings import ModelsMode
 from promptdex.store import count_images, get_image, get_images
@@ -29,7 +31,7 @@ def work(settings: Any) -> Any:
 
 def test_generate_jobs_are_batched_and_done_with_their_images(conn: Any, tiny_settings: Any) -> None:
     ids = enqueue_jobs(conn, payloads=[
-        {"kind": "generate", "prompt": "a red barn", "seeds": [1, 2], **SMALL},
+        {"prompt": "a red barn", "seeds": [1, 2], **SMALL},
         {"prompt": "a blue barn", "seeds": [3], **SMALL},
         {"prompt": "a barn, no seeds given", "count": 2, **SMALL},
     ])
@@ -60,10 +62,8 @@ def test_reproduce_and_variations_payloads(conn: Any, tiny_settings: Any) -> Non
     job = get_job(conn, job_id=gen)
     assert job is not None and job.status == "done"
     image_id = job.image_ids[0]
-    reproduce, variations = enqueue_jobs(conn, payloads=[
-        {"kind": "reproduce", "image_id": image_id},
-        {"kind": "variations", "image_id": image_id, "count": 2},
-    ])
+    [reproduce] = enqueue_jobs(conn, payloads=[{"image_id": image_id}], kind=JobKind.REPRODUCE)
+    [variations] = enqueue_jobs(conn, payloads=[{"image_id": image_id, "count": 2}], kind=JobKind.VARIATIONS)
     report = work(tiny_settings)
     assert (report.done, report.failed) == (2, 0), report.errors
     done = get_job(conn, job_id=reproduce)
@@ -81,10 +81,11 @@ def test_failed_jobs_record_their_error(conn: Any, tiny_settings: Any) -> None:
     ids = enqueue_jobs(conn, payloads=[
         {"prompt": "x", "seeds": [1], **{**SMALL, "sampler": "Euler b"}},
         {"prompt": "x", "seeds": [1], **{**SMALL, "width": 65}},
-        {"kind": "reproduce", "image_id": 999},
-        {"kind": "upscale", "image_id": 1},
-        {"prompt": "x", "seeds": [1], "stepz": 3},
     ])
+    ids += enqueue_jobs(conn, payloads=[{"image_id": 999}], kind=JobKind.REPRODUCE)
+    ids += enqueue_jobs(conn, payloads=[{"kind": "upscale", "prompt": "x"}, {"prompt": "x", "seeds": [1], "stepz": 3}])
+    with pytest.raises(psycopg.errors.CheckViolation):  # the kind column holds only kinds a worker runs
+        conn.execute("INSERT INTO jobs (kind, payload) VALUES ('upscale', '{}')")
     report = work(tiny_settings)
     assert (report.done, report.failed) == (0, 5)
     errors = []
@@ -92,10 +93,10 @@ def test_failed_jobs_record_their_error(conn: Any, tiny_settings: Any) -> None:
         job = get_job(conn, job_id=job_id)
         assert job is not None and job.status == "failed" and job.attempts == 1 and job.finished_at is not None
         errors.append(job.error or "")
-    assert "--sampler: unknown sampler 'Euler b'" in errors[0]
-    assert "--size: width 65" in errors[1]
+    assert errors[0].startswith("sampler: unknown sampler 'Euler b'")  # named as the API names it, not --sampler
+    assert errors[1].startswith("width: 65 is not accepted")
     assert "image 999 is not in the corpus" in errors[2]
-    assert "kind 'upscale' is unknown" in errors[3]
+    assert "field 'kind'" in errors[3]
     assert "'stepz'" in errors[4]
     assert count_images(conn) == 0
 

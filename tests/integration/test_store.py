@@ -157,7 +157,7 @@ def test_four_writer_processes_at_once_lose_nothing(db: Any, conn: Any) -> None:
 
 
 def test_job_queue_claims_each_job_once(conn: Any, db: Any) -> None:
-    ids = jobs.enqueue_jobs(conn, payloads=[{"prompt": f"p{i}"} for i in range(6)])
+    ids = jobs.enqueue_jobs(conn, payloads=[{"prompt": f"p{i}"} for i in range(6)])  # one batch key: same settings
     with db.connect(autocommit=True) as other:
         a = jobs.claim_jobs(conn, worker="a", limit=4)
         b = jobs.claim_jobs(other, worker="b", limit=4)

@@ -10,16 +10,18 @@ from PIL import Image
 
 from generator.drafts import draft_request, read_prompts_file
 from generator.environment import check_device_name, check_dtype_name, environment_differences
-from generator.requests import (
+from generator.requests import check_inputs
+from promptdex.errors import InvalidFields, InvalidInput
+from promptdex.generation import (
     GenerateRequest,
+    GenerationInput,
     ReproduceJob,
     VariationsJob,
-    check_inputs,
+    check_request,
     parse_payload,
     parse_seeds,
     parse_size,
 )
-from promptdex.errors import InvalidInput
 
 GOOD = {"prompt": "a fox", "seeds": [1], "steps": 4, "cfg": 7.0, "sampler": "Euler a", "width": 64, "height": 64,
         "model": "tiny"}
@@ -31,7 +33,7 @@ def test_seed_lists_and_ranges() -> None:
     assert parse_seeds("1, 5-6") == [1, 5, 6]
     for bad in ("a", "5-1", "1,,2", "-3"):
         with pytest.raises(InvalidInput, match="--seeds"):
-            parse_seeds(bad)
+            parse_seeds(bad, argument="--seeds")
 
 
 def test_seed_and_count_make_consecutive_seeds_and_no_seed_draws_random_ones() -> None:
@@ -46,7 +48,7 @@ def test_seed_and_count_make_consecutive_seeds_and_no_seed_draws_random_ones() -
 def test_size_text() -> None:
     assert parse_size("512x768") == (512, 768)
     with pytest.raises(InvalidInput, match="--size.*WIDTHxHEIGHT"):
-        parse_size("512")
+        parse_size("512", argument="--size")
 
 
 def _bad(tmp_path: Path) -> list[tuple[dict[str, Any], str]]:
@@ -61,7 +63,7 @@ def _bad(tmp_path: Path) -> list[tuple[dict[str, Any], str]]:
         ({"init_image": "a" * 64, "strength": 0.0}, "--strength: 0.0"),
         ({"init_image": "a" * 64, "strength": 1.5}, "--strength: 1.5"),
         ({"init_image": "a" * 64, "strength": 0.1, "steps": 4}, "leaves no denoising step"),
-        ({"strength": 0.5}, "--strength applies only with --init-image"),
+        ({"strength": 0.5}, "--strength: applies only with an init image"),
         ({"sampler": "Euler b"}, "--sampler: unknown sampler 'Euler b'"),
         ({"sampler": "Euler", "schedule": "Wobbly"}, "--schedule"),
         ({"model": str(tmp_path / "missing.safetensors")}, "--model: no such file or folder"),
@@ -133,17 +135,60 @@ def test_wrong_types_in_a_json_line_name_the_setting() -> None:
         draft_request({"prompt": "x", "steps": "many"}, where="f:2: ")
 
 
-def test_job_payloads_parse_by_kind() -> None:
-    generate = parse_payload({"prompt": "a fox", "count": 2})
+def test_job_payloads_parse_by_the_jobs_kind() -> None:
+    generate = parse_payload({"prompt": "a fox", "count": 2}, "generate")
     assert isinstance(generate, GenerateRequest) and generate.count == 2 and generate.seeds is None
-    assert isinstance(parse_payload({"kind": "reproduce", "image_id": 4}), ReproduceJob)
-    variations = parse_payload({"kind": "variations", "image_id": 4, "count": 3})
+    variations = parse_payload({"image_id": 4, "count": 3}, "variations")
     assert isinstance(variations, VariationsJob) and variations.count == 3
     assert isinstance(parse_payload({"image_id": 4}, "reproduce"), ReproduceJob)
     with pytest.raises(InvalidInput, match="kind 'upscale' is unknown; accepted: generate, reproduce, variations"):
-        parse_payload({"kind": "upscale"})
+        parse_payload({}, "upscale")
     with pytest.raises(InvalidInput, match="'image_id'"):
-        parse_payload({"kind": "reproduce"})
+        parse_payload({}, "reproduce")
+    with pytest.raises(InvalidInput, match="'kind'"):  # the column says what a payload is; the payload does not
+        parse_payload({"kind": "generate", "prompt": "x"}, "generate")
+
+
+def test_the_worker_and_the_api_name_fields_as_sent_not_as_flags() -> None:
+    with pytest.raises(InvalidFields) as err:
+        check_request(GenerateRequest(**{**GOOD, "steps": 0, "width": 65, "cfg": -1.0}))
+    assert dict(err.value.fields) == {
+        "steps": "0 is not accepted; accepted: 1 to 1000",
+        "width": "65 is not accepted; accepted: a multiple of 8 from 32 to 4096",
+        "cfg": "-1.0 is not accepted; accepted: 0 to 100"}
+    with pytest.raises(InvalidInput, match=r"^clip_skip: 0 is not accepted") as err2:
+        check_inputs(GenerateRequest(**{**GOOD, "clip_skip": 0}), flags=False)
+    assert "--" not in str(err2.value)
+    with pytest.raises(InvalidInput, match=r"^sampler: unknown sampler 'Euler b'"):
+        check_inputs(GenerateRequest(**{**GOOD, "sampler": "Euler b"}), flags=False)
+
+
+def test_models_on_the_list_and_prompt_limits() -> None:
+    with pytest.raises(InvalidFields, match="model: 'other' is not available here; accepted: tiny"):
+        check_request(GenerateRequest(**{**GOOD, "model": "other"}), models=["tiny"])
+    with pytest.raises(InvalidFields, match="prompt: 4001 characters is too long"):
+        check_request(GenerateRequest(**{**GOOD, "prompt": "x" * 4001}))
+    with pytest.raises(InvalidFields, match="negative_prompt: 80 CLIP tokens is too long; accepted: at most 75"):
+        check_request(GenerateRequest(**{**GOOD, "negative_prompt": "a " * 80}), count_tokens=lambda t: len(t.split()))
+    with pytest.raises(InvalidFields, match="prompt: holds a NUL"):
+        check_request(GenerateRequest(**{**GOOD, "prompt": "a\x00b"}))
+    with pytest.raises(InvalidFields, match="sampler: unknown sampler 'EulerDiscreteScheduler'"):
+        check_request(GenerateRequest(**{**GOOD, "sampler": "EulerDiscreteScheduler"}), classes=False)
+
+
+def test_generation_input_seeds_counts_and_strict_numbers() -> None:
+    assert GenerationInput(prompt="x", seed=5, count=3).to_request().seeds == [5, 6, 7]
+    drawn = GenerationInput(prompt="x", count=2).to_request().seeds
+    assert drawn is not None and len(drawn) == 2
+    assert GenerationInput(prompt="x", seeds=[9, 1]).to_request().count == 2
+    with pytest.raises(InvalidFields, match="seed: give either seed or seeds"):
+        GenerationInput(prompt="x", seed=1, seeds=[2]).to_request()
+    with pytest.raises(InvalidFields, match="count: 0 is not accepted"):
+        GenerationInput(prompt="x", count=0).to_request()
+    with pytest.raises(ValueError, match="steps"):
+        GenerationInput.model_validate({"prompt": "x", "steps": "20"})  # JSON text is not a number
+    with pytest.raises(ValueError, match="stepz"):
+        GenerationInput.model_validate({"prompt": "x", "stepz": 20})
 
 
 def test_device_and_dtype_names() -> None:

@@ -15,11 +15,12 @@ from generator.environment import environment_record, torch_threads
 from generator.loading import LoadedModel, load_pipeline
 from generator.output import read_png_text
 from generator.render import BatchItem, RenderSpec, render_batch, spec_from_record
-from generator.requests import GenerateRequest
 from generator.service import encode_rendered, spec_for
 from generator.tiny import TINY_NAME, ensure_tiny_model
 from promptdex.errors import ConfigError, InvalidInput
+from promptdex.generation import GenerateRequest
 from promptdex.params import parse_a1111
+from promptdex.settings import get_settings
 
 THREADS = 2  # every render in these tests runs with this many torch threads
 
@@ -41,7 +42,7 @@ def tiny(models: Path) -> Iterator[LoadedModel]:
 def spec(loaded: LoadedModel, **change: Any) -> RenderSpec:
     fields = {"prompt": "a red fox", "steps": 3, "cfg": 7.0, "sampler": "Euler a", "width": 64, "height": 64,
               "model": "tiny", **change}
-    return spec_for(GenerateRequest(**fields), loaded)
+    return spec_for(GenerateRequest(**fields), loaded, get_settings())  # the tiny profile: no scheduler overrides
 
 
 def pixels(loaded: LoadedModel, s: RenderSpec, seeds: list[int], prompt: str = "a red fox") -> list[np.ndarray]:
