@@ -338,7 +338,8 @@ async function showMadeImages(ids) {
   const fresh = [...new Set(ids.map(String))].filter((id) => indexOfImage(id) < 0);
   if (!fresh.length) return;
   const found = await Promise.all(fresh.map((id) => api.image(id).catch(() => null)));
-  const items = found.filter((item) => item && indexOfImage(item.id) < 0);
+  // The worker writes no thumbnail (`promptdex index` does): a new card shows the image itself.
+  const items = found.filter((item) => item && indexOfImage(item.id) < 0).map((item) => ({ ...item, thumb_url: item.url }));
   if (!items.length || !showsNewest()) return;
   state.items = items.concat(state.items);
   grid.prepend(items);

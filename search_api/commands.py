@@ -4,21 +4,83 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
+import signal
+import subprocess
+import sys
+import threading
 from typing import Any
 
 from promptdex import accounts
 from promptdex.console import out
 from promptdex.db import open_database
-from promptdex.errors import ConfigError
+from promptdex.errors import ConfigError, InvalidInput
 from promptdex.settings import AnonymousAccess, Settings
 from search_api.middleware import split_list
+
+logger = logging.getLogger(__name__)
 
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("serve", help="serve the search API and the web page")
     parser.add_argument("--host", default=None, help="address to bind (default PROMPTDEX_API__HOST, 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default PROMPTDEX_API__PORT, 8000)")
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="also run N `promptdex worker` processes beside the server (restarted if they die)")
     parser.set_defaults(func=run)
+
+
+def _end_with_parent() -> None:
+    """In the child: SIGTERM when the server ends, however it ends (uvicorn re-raises SIGTERM after its shutdown,
+    and a server killed with SIGKILL runs no cleanup). Linux prctl(PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
+class Workers:
+    """`promptdex worker` child processes that live as long as the server: one that dies is started again (looked
+    at every RESTART_SECONDS); on exit each gets SIGTERM and finishes its jobs in hand, or after 30 s is killed
+    (its jobs go back to the queue when their lease runs out)."""
+
+    RESTART_SECONDS = 5.0
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "promptdex", "worker"], stdin=subprocess.DEVNULL,
+                                preexec_fn=_end_with_parent if sys.platform == "linux" else None)
+
+    def __enter__(self) -> Workers:
+        self.procs = [self._spawn() for _ in range(self.count)]
+        if self.count:
+            out(f"started {self.count} generation worker(s): pid {', '.join(str(p.pid) for p in self.procs)}")
+            self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.RESTART_SECONDS):
+            for i, proc in enumerate(self.procs):
+                if proc.poll() is not None and not self._stop.is_set():
+                    self.procs[i] = self._spawn()
+                    logger.warning("generation worker pid %d exited with %s; started another: pid %d", proc.pid,
+                                   proc.returncode, self.procs[i].pid)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
 
 
 def is_loopback(host: str) -> bool:
@@ -65,6 +127,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     host = args.host or settings.api.host
     port = args.port or settings.api.port
+    if args.workers < 0:
+        raise InvalidInput(f"--workers: {args.workers} is not accepted; accepted: 0 or more")
     link = prepare(settings, host, port)
     app = create_app(settings)
     shown = f"[{host}]" if ":" in host else host
@@ -73,6 +137,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         minutes = settings.api.login_link_minutes
         out(f"sign in as the local admin with this one-time link (valid once, for {minutes:g} minutes):")
         out(f"    {link}")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, server_header=False,
-                proxy_headers=True, forwarded_allow_ips=settings.api.forwarded_allow_ips)
+    with Workers(args.workers):
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, server_header=False,
+                    proxy_headers=True, forwarded_allow_ips=settings.api.forwarded_allow_ips)
     return 0

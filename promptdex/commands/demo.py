@@ -1,4 +1,4 @@
-"""`promptdex demo`: fill a demo corpus from our prompt list, index it, and serve it (what `make demo` runs).
+"""`promptdex demo`: fill a demo corpus from our prompt list, index it, serve it with one generation worker.
 
 The steps run as `promptdex` subcommands in child processes (the core imports no component), all
 sharing the one database this process holds open. The configured models are used when their
@@ -156,5 +156,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     # Become the server: same pid, so the embedded database registration carries over.
-    os.execve(sys.executable, [sys.executable, "-m", "promptdex", "serve", "--host", host, "--port", port], env)
+    # One generation worker beside it, so Create on the page works with no configuration.
+    os.execve(sys.executable, [sys.executable, "-m", "promptdex", "serve", "--host", host, "--port", port,
+                               "--workers", "1"], env)
     return 0  # pragma: no cover - execve does not return

@@ -16,9 +16,10 @@ import pytest
 from PIL import Image
 
 from generator.environment import torch_threads
-from generator.service import ModelCache, fill_defaults, generate_images
+from generator.service import ModelCache, generate_images
 from generator.tiny import ensure_tiny_model
 from generator.worker import run_worker
+from promptdex.catalog import fill_defaults
 from promptdex.db import open_database
 from promptdex.generation import GenerateRequest
 from promptdex.jobs import enqueue_jobs, get_job

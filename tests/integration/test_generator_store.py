@@ -16,8 +16,9 @@ from PIL import Image
 from generator.environment import torch_threads
 from generator.output import INCOMING, find_missing_files, repair_incoming, store_input_image
 from generator.reproduce import reproduce_image
-from generator.service import ModelCache, fill_defaults, generate_images, inputs_path, request_like
+from generator.service import ModelCache, generate_images, inputs_path, request_like
 from generator.tiny import ensure_tiny_model
+from promptdex.catalog import fill_defaults
 from promptdex.generation import GenerateRequest
 from promptdex.settings import ModelsMode
 from promptdex.store import count_images, get_image
