@@ -24,6 +24,15 @@ _QUOTA_LOCK = 0x70647851  # pg_advisory_xact_lock key: quota checks and their in
 WAKE_CHANNEL = "promptdex_jobs"  # a trigger NOTIFYs it on every insert into jobs
 _CANDIDATES = 256  # queued jobs looked at per claim (in fair order)
 _OPEN = "('queued', 'running')"
+# Each open job's turn within its owner's jobs: the jobs running now come first, so an owner with one job running
+# waits for every other owner's first turn (round-robin), however many jobs it queued.
+_TURNS = (
+    "SELECT id, batch_key, priority, images_requested, "
+    " (status = 'queued' OR lease_until < now()) AS claimable, "
+    " row_number() OVER (PARTITION BY owner_id ORDER BY (status = 'running' AND lease_until >= now()) DESC, id) "
+    "   AS turn "
+    "FROM jobs WHERE status IN ('queued', 'running')"
+)
 
 
 class Job(BaseModel):
@@ -168,9 +177,7 @@ def claim_jobs(conn: Conn, *, worker: str, limit: int = 1, lease_seconds: float 
             "WHERE status = 'running' AND lease_until < now() AND attempts >= max_attempts"
         )
         candidates = conn.execute(
-            "SELECT id, batch_key FROM (SELECT id, batch_key, priority, "
-            "  row_number() OVER (PARTITION BY owner_id ORDER BY id) AS turn FROM jobs "
-            "  WHERE status = 'queued' OR (status = 'running' AND lease_until < now())) ready "
+            "SELECT id, batch_key FROM (" + _TURNS + ") ready WHERE claimable "
             "ORDER BY priority DESC, turn, id LIMIT %s", (_CANDIDATES,)).fetchall()
         if not candidates:
             return []
@@ -284,11 +291,10 @@ def mark_cancelled(conn: Conn, *, job_ids: Sequence[int], worker: str) -> None:
 def queue_position(conn: Conn, *, job_id: int) -> int | None:
     """1 for the job a worker takes next, in the fair order `claim_jobs` uses; None when it is not queued."""
     row = conn.execute(
-        "WITH q AS (SELECT id, priority, row_number() OVER (PARTITION BY owner_id ORDER BY id) AS turn "
-        "  FROM jobs WHERE status = 'queued') "
-        "SELECT (SELECT count(*) FROM q WHERE q.priority > me.priority OR (q.priority = me.priority AND "
-        "  (q.turn < me.turn OR (q.turn = me.turn AND q.id < me.id)))) + 1 AS position "
-        "FROM q AS me WHERE me.id = %s", (job_id,)).fetchone()
+        "WITH q AS (" + _TURNS + ") "
+        "SELECT (SELECT count(*) FROM q WHERE q.claimable AND (q.priority > me.priority OR (q.priority = me.priority "
+        "  AND (q.turn < me.turn OR (q.turn = me.turn AND q.id < me.id))))) + 1 AS position "
+        "FROM q AS me WHERE me.id = %s AND me.claimable", (job_id,)).fetchone()
     return None if row is None else int(row["position"])
 
 
@@ -305,10 +311,9 @@ def seconds_per_image(conn: Conn) -> float | None:
 def open_images_ahead(conn: Conn, *, job_id: int) -> int:
     """Images queued ahead of a queued job plus those still running (for its ETA)."""
     row = conn.execute(
-        "WITH q AS (SELECT id, priority, images_requested, row_number() OVER (PARTITION BY owner_id ORDER BY id) "
-        "  AS turn FROM jobs WHERE status = 'queued'), me AS (SELECT * FROM q WHERE id = %s) "
-        "SELECT coalesce((SELECT sum(q.images_requested) FROM q, me WHERE q.priority > me.priority OR "
-        "  (q.priority = me.priority AND (q.turn < me.turn OR (q.turn = me.turn AND q.id < me.id)))), 0) "
+        "WITH q AS (" + _TURNS + "), me AS (SELECT * FROM q WHERE id = %s) "
+        "SELECT coalesce((SELECT sum(q.images_requested) FROM q, me WHERE q.claimable AND (q.priority > me.priority "
+        "  OR (q.priority = me.priority AND (q.turn < me.turn OR (q.turn = me.turn AND q.id < me.id))))), 0) "
         " + coalesce((SELECT sum(images_requested) FROM jobs WHERE status = 'running'), 0) AS n", (job_id,)
     ).fetchone()
     return int(row["n"]) if row else 0

@@ -220,6 +220,8 @@ def test_create_follow_and_remix(web: Web, site: Site) -> None:
     assert body["warnings"] and any(w.startswith("cfg:") for w in body["warnings"])
     page.wait_for_selector("#create-warnings")
     assert page.locator("#create-warnings li").all_text_contents() == body["warnings"]
+    page.wait_for_selector(f"#create-queue li[data-job-id='{job_id}'] .job-progress", timeout=JOB_TIMEOUT_MS)
+    web.screenshot("create-running")
 
     (image_id,) = _wait_done(web, job_id)
     seen = page.evaluate(f"window.__seen[{job_id!r}]")
@@ -231,6 +233,7 @@ def test_create_follow_and_remix(web: Web, site: Site) -> None:
     page.wait_for_selector(f"#results .card[data-id='{image_id}']")
     assert web.card_ids()[0] == image_id
     assert image_id in served.all_ids()
+    web.screenshot("create-done")
 
     # Open it from the queue, Remix: the form comes back with its prompt and its seed, locked. (The worker does not
     # index: the detail view's similar images answer 404 for a new image until `promptdex index`.)

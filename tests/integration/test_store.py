@@ -201,3 +201,45 @@ def test_index_state_records_each_item_once(conn: Any) -> None:
     assert index_state.record_indexed(conn, bundle="clip", item_ids=ids[:4]) == 1
     assert index_state.unindexed_image_ids(conn, bundle="clip", limit=10) == ids[4:]
     assert index_state.list_bundles(conn)[0]["count"] == 4
+
+
+def test_claims_go_by_priority_then_round_robin_over_owners_and_take_compatible_jobs(conn: Any) -> None:
+    from promptdex import accounts
+
+    heavy = accounts.add_user(conn, name="heavy", role=accounts.Role.CREATOR, password="pw-heavy-123")
+    light = accounts.add_user(conn, name="light", role=accounts.Role.CREATOR, password="pw-light-123")
+    boss = accounts.add_user(conn, name="boss", role=accounts.Role.ADMIN, password="pw-boss-1234")
+    small = {"steps": 2, "width": 64, "height": 64}
+    h = jobs.enqueue_jobs(conn, payloads=[{"prompt": f"h{i}", **small} for i in range(3)], owner_id=heavy.id)
+    [lt] = jobs.enqueue_jobs(conn, payloads=[{"prompt": "l", "steps": 9}], owner_id=light.id)
+    [b] = jobs.enqueue_jobs(conn, payloads=[{"prompt": "b", "steps": 5}], owner_id=boss.id, priority=10)
+    assert [jobs.queue_position(conn, job_id=i) for i in (b, h[0], lt, h[1], h[2])] == [1, 2, 3, 4, 5]
+    order = [j.id for _ in range(5) for j in jobs.claim_jobs(conn, worker="w", limit=1)]
+    assert order == [b, h[0], lt, h[1], h[2]]  # the admin first, then one job per user in turn
+
+    [odd] = jobs.enqueue_jobs(conn, payloads=[{"prompt": "odd", "steps": 7}], owner_id=light.id)
+    assert jobs.claim_jobs(conn, worker="w", limit=4)[0].id == odd  # heavy's 3 jobs still run: light goes first
+    for job_id in (*order, odd):
+        jobs.complete_job(conn, job_id=job_id, worker="w", image_ids=[])
+    more = jobs.enqueue_jobs(conn, payloads=[{"prompt": f"m{i}", **small} for i in range(3)], owner_id=heavy.id)
+    [odd] = jobs.enqueue_jobs(conn, payloads=[{"prompt": "odd", "steps": 7}], owner_id=light.id)
+    taken = jobs.claim_jobs(conn, worker="w", limit=4)
+    assert [j.id for j in taken] == more  # the head job and the jobs that can share its pipeline call
+    assert jobs.get_job(conn, job_id=odd).status == "queued"
+
+
+def test_progress_and_cancel_through_the_queue(conn: Any) -> None:
+    [a, b] = jobs.enqueue_jobs(conn, payloads=[{"prompt": "a"}, {"prompt": "b"}])
+    [queued] = jobs.enqueue_jobs(conn, payloads=[{"prompt": "q", "steps": 3}])
+    claimed = jobs.claim_jobs(conn, worker="w", limit=2)
+    assert [j.id for j in claimed] == [a, b]
+    progress = {i: {"step": 1, "steps": 4, "images_done": 0, "images": 1, "fraction": 0.25} for i in (a, b)}
+    assert jobs.report_progress(conn, worker="w", progress=progress, previews={a: "data:image/png;base64,AA=="}) == set()
+    assert jobs.get_job(conn, job_id=a).progress["step"] == 1 and jobs.get_job(conn, job_id=a).preview
+    assert jobs.cancel_job(conn, job_id=b).status == "running"  # running: its worker is asked to stop
+    assert jobs.report_progress(conn, worker="w", progress=progress) == {b}
+    jobs.mark_cancelled(conn, job_ids=[b], worker="w")
+    assert jobs.get_job(conn, job_id=b).status == "cancelled"
+    assert jobs.cancel_job(conn, job_id=queued).status == "cancelled"  # queued: at once
+    assert jobs.cancel_job(conn, job_id=queued) is None  # it has ended
+    assert not jobs.complete_job(conn, job_id=b, worker="w", image_ids=[1])  # a cancelled job stays cancelled
