@@ -20,7 +20,7 @@ import re
 import secrets
 from collections.abc import Callable, Collection
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -63,20 +63,23 @@ class GenerationInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
 
-    prompt: str = Field("", description="What to draw.")
-    negative_prompt: str = Field("", description="What to keep out.")
-    model: str | None = Field(None, description="One of GET /api/models (the default model when absent).")
-    sampler: str | None = Field(None, description="A1111 sampler name, e.g. `Euler a`, `DPM++ 2M`.")
-    schedule: str | None = Field(None, description="Schedule type: Automatic, Karras, Exponential, ...")
-    steps: int | None = Field(None, description="Sampling steps.")
-    cfg: float | None = Field(None, description="Classifier-free guidance scale.")
-    width: int | None = Field(None, description="Pixels, a multiple of 8.")
-    height: int | None = Field(None, description="Pixels, a multiple of 8.")
-    seed: int | None = Field(None, description="First seed (then seed+1, ...); random when absent and recorded.")
-    seeds: list[int] | None = Field(None, description="One seed per image (instead of seed and count).")
-    count: int | None = Field(None, description="Images to make (default 1).")
-    clip_skip: int | None = Field(None, description="CLIP layers to skip, as A1111 counts (1: none).")
-    strength: float | None = Field(None, description="Image-to-image: how much to change the init image, (0, 1].")
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What to draw (at most 75 CLIP tokens).")
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What to keep out.")
+    model: str | None = Field(None, max_length=1000, description="One of GET /api/models (default: the default).")
+    sampler: str | None = Field(None, max_length=100, description="A1111 sampler name, e.g. `Euler a`, `DPM++ 2M`.")
+    schedule: str | None = Field(None, max_length=100, description="Schedule type: Automatic, Karras, ...")
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Sampling steps.")
+    cfg: float | None = Field(None, ge=0, le=MAX_CFG, description="Classifier-free guidance scale.")
+    width: int | None = Field(None, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=8, description="Pixels.")
+    height: int | None = Field(None, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=8, description="Pixels.")
+    seed: int | None = Field(None, ge=-1, le=MAX_SEED, description="First seed (then seed+1, ...); -1 or absent: "
+                             "random, and recorded.")
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] | None = Field(
+        None, min_length=1, max_length=MAX_COUNT, description="One seed per image (instead of seed and count).")
+    count: int | None = Field(None, ge=1, le=MAX_COUNT, description="Images to make (default 1).")
+    clip_skip: int | None = Field(None, ge=1, le=MAX_CLIP_SKIP, description="CLIP layers to skip, as A1111 counts "
+                                  "(1: none).")
+    strength: float | None = Field(None, gt=0, le=1, description="Image-to-image: how much to change the init image.")
 
     def to_request(self, *, init_image: str | None = None, random: bool = True) -> GenerateRequest:
         """The request with one seed per image (random ones drawn now when no seed is given); InvalidFields."""

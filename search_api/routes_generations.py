@@ -35,8 +35,12 @@ def _json_schema() -> dict[str, Any]:
 
 
 def _form_schema() -> dict[str, Any]:
+    """The same fields as form fields: a form has no null (leave a field out), seeds are a comma list."""
     schema = _json_schema()
-    props = dict(schema["properties"])
+    props = {}
+    for name, prop in schema["properties"].items():
+        options = [p for p in prop.get("anyOf", [prop]) if p.get("type") != "null"]
+        props[name] = {**{k: v for k, v in prop.items() if k not in ("anyOf", "default")}, **options[0]}
     props["seeds"] = {"type": "string", "description": "Seeds as a comma list, e.g. 1,5,9."}
     props["init_image"] = {"type": "string", "format": "binary", "description": "Image-to-image: a PNG, JPEG or "
                            "WebP image (with `strength`)."}
@@ -57,6 +61,8 @@ def list_models(state: State, caller: CurrentUser) -> ModelList:
 
 def _form_value(name: str, value: str) -> Any:
     text = value.strip()
+    if not text and name != "prompt" and name != "negative_prompt":
+        return None  # an empty form field: not set
     try:
         if name in _INTS:
             return int(text)
@@ -93,7 +99,9 @@ async def _read_body(request: Request, state: Any) -> tuple[dict[str, Any], tupl
             init = await run_in_threadpool(generations.read_init_image, data,
                                            max_pixels=state.settings.api.max_upload_pixels)
         elif isinstance(value, str):
-            fields[name] = _form_value(name, value)
+            parsed = _form_value(name, value)
+            if parsed is not None:
+                fields[name] = parsed
         else:
             raise InvalidFields([(name, "only init_image may be a file")])
     return fields, init

@@ -56,6 +56,15 @@ enabled = true
 include-path = "/api/search"
 include-method = "GET"
 checks = {{ positive_data_acceptance = {{ expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"] }} }}
+# A generation request has rules across fields that a schema cannot state (a model on this server's list, a
+# known sampler name, strength only with an init image, at most 75 CLIP tokens), and random bytes are not an image.
+[[operations]]
+include-path = "/api/generations"
+checks = {{ positive_data_acceptance = {{ expected-statuses = ["2xx", "401", "403", "413", "415", "422", "429"] }} }}
+# A job's event stream lasts until the job ends (there is no worker here): it is tested in test_api_generations.
+[[operations]]
+include-path = "/api/jobs/{{job_id}}/events"
+enabled = false
 [[operations]]
 include-path = "/api/search/image"
 checks = {{ positive_data_acceptance = {{ expected-statuses = ["2xx", "401", "403", "404", "409", "413", "415",
