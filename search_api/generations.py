@@ -78,7 +78,10 @@ def read_init_image(data: bytes, *, max_pixels: int) -> tuple[str, int, int, Any
             w, h = ImageOps.exif_transpose(probe).size
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"init_image: the image declares more than {max_pixels} pixels") from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (PayloadTooLarge, UnsupportedMedia):
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, TypeError, KeyError, IndexError,
+            ZeroDivisionError) as exc:  # a decoder meets a malformed file (EXIF, chunks) in many ways
         raise UnsupportedMedia("init_image: not a readable image; send a PNG, JPEG or WebP image") from exc
     return INIT_FORMATS[fmt], w, h, data
 
@@ -96,6 +99,9 @@ def prepare(settings: Settings, body: GenerationInput, *,
     """The checked, filled request of a body (and init image) and its warnings; InvalidFields names each field.
     Nothing is written unless every check passed (then the init image is kept)."""
     problems: list[tuple[str, str]] = []
+    offered = available_models(settings)
+    if body.model is not None and body.model not in offered:  # before its name reaches a path or a profile
+        raise InvalidFields([("model", f"{body.model[:100]!r} is not available here; accepted: {', '.join(offered)}")])
     sha = None
     if init is not None:
         import hashlib
@@ -113,7 +119,7 @@ def prepare(settings: Settings, body: GenerationInput, *,
         request = request.model_copy(update={"width": body.width or w, "height": body.height or h})
     request = fill_defaults(request, settings)
     try:
-        check_request(request, models=available_models(settings), count_tokens=clip_tokens, classes=False)
+        check_request(request, models=offered, count_tokens=clip_tokens, classes=False)
     except InvalidFields as exc:
         problems = exc.fields + problems
     if problems:
