@@ -152,8 +152,13 @@ def run_generate(args: argparse.Namespace, settings: Settings) -> int:
 
     _check_runtime(args)
     drafts = _drafts(args, settings)
+    from promptdex.catalog import warnings_for
+
     for draft in drafts:
         check_inputs(draft.request, where=draft.where)
+    for draft in drafts:  # allowed, but outside what the model is made for (its profile)
+        for warning in warnings_for(draft.request, settings):
+            sys.stderr.write(f"{draft.where}warning: {warning}\n")
     for draft in drafts:  # every input is valid: now keep the init images
         if draft.init_path is not None:
             store_input_image(draft.init_path, inputs_path=inputs_path(settings))

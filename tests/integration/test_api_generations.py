@@ -241,3 +241,26 @@ def test_cancelling_a_running_job_stops_it_at_a_step_and_writes_nothing(env: dic
         row = conn.execute("SELECT progress FROM jobs WHERE public_id = %s", (job_id,)).fetchone()
         made = conn.execute("SELECT count(*) FROM images WHERE params->>'prompt' = 'a slow job'").fetchone()
     assert row is not None and row[0]["step"] < 400 and made == (0,)
+
+
+def _huge_png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels but holds almost nothing (a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + \
+        chunk(b"IEND", b"")
+
+
+def test_an_init_image_over_the_pixel_limit_is_413_and_nothing_is_kept(env: dict[str, Any]) -> None:
+    maker = user(env, accounts.Role.CREATOR)
+    inputs = env["settings"].images_path / ".inputs"
+    before = sorted(inputs.glob("*")) if inputs.is_dir() else []
+    response = env["client"].post("/api/generations", data={"prompt": "x", "strength": "0.5"}, headers=maker,
+                                  files={"init_image": ("bomb.png", _huge_png_header(20_000, 20_000), "image/png")})
+    assert response.status_code == 413 and "init_image" in response.json()["detail"], response.text
+    assert (sorted(inputs.glob("*")) if inputs.is_dir() else []) == before and jobs_of(env, maker) == []
