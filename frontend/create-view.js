@@ -2,7 +2,7 @@
 
 import {
   FIELD_IDS, STRENGTH, chooseModel, chooseSize, clearInitImage, closeCreate, countChoices, modelByName,
-  setField, setInitImage, setRandomSeed, submit, toggleCreate,
+  setField, setInitImage, setRandomSeed, sizeFollowsInit, submit, toggleCreate,
 } from "./create.js";
 import { TERMINAL } from "./jobs.js";
 import { html } from "./preact-htm.js";
@@ -29,7 +29,8 @@ export function CreateBar({ state, onSignIn }) {
   };
   return html`
     <button id="create-toggle" class="create-button" type="button" aria-expanded=${String(open)}
-        aria-controls="create-panel" disabled=${locked && !open} aria-describedby=${locked ? "create-locked" : undefined}
+        aria-controls="create-panel" disabled=${locked && !open}
+        aria-describedby=${locked ? (account.user ? "create-locked" : "create-signin") : undefined}
         onClick=${() => toggleCreate()}>
       <svg viewBox="0 0 24 24" aria-hidden="true"><path d="M12 5v14M5 12h14"/></svg>
       <span class="create-label">Create</span>
@@ -113,7 +114,6 @@ function Seed({ state }) {
       </label>
     </div>
     <${FieldError} state=${state} field="seed" />
-    <${FieldError} state=${state} field="seeds" />
   </div>`;
 }
 
@@ -222,6 +222,8 @@ function Form({ state, onSignIn }) {
         <${NumberField} state=${state} field="height" label="Height" min=${limits.min_size} max=${limits.max_size} step="8" />
       </div>
       <${Sizes} state=${state} profile=${profile} />
+      ${sizeFollowsInit(create) ? html`<small class="field-hint" id="create-size-hint">With an init image the size
+        follows its shape (about this model's pixel count); pick or type a size to set it.</small>` : null}
       <div class="field-row">
         <${NumberField} state=${state} field="steps" label="Steps" min="1" max=${limits.max_steps} step="1"
           hint=${rangeHint(profile.steps_range)} range=${profile.steps_range} />
@@ -272,7 +274,7 @@ export function CreatePanel({ state, onSignIn }) {
         <h3 id="create-queue-title">Your queue</h3>
         ${jobs.listError ? html`<p class="create-error">Could not list your jobs: ${jobs.listError}</p>` : null}
         ${jobs.order.length ? null : html`<p class="muted" id="create-queue-empty">No jobs yet.</p>`}
-        <ul id="create-queue" class="job-list" aria-label="Your jobs" aria-live="polite">
+        <ul id="create-queue" class="job-list" aria-label="Your jobs">
           <${JobList} state=${state} dismissible=${true} />
         </ul>
       </section>

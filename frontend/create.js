@@ -12,7 +12,7 @@ const PROFILE_FIELDS = ["width", "height", "steps", "cfg", "sampler", "schedule"
 export const FIELD_IDS = {
   prompt: "create-prompt", negative_prompt: "create-negative", model: "create-model", width: "create-width",
   height: "create-height", steps: "create-steps", cfg: "create-cfg", sampler: "create-sampler",
-  schedule: "create-schedule", seed: "create-seed", seeds: "create-seed", count: "create-count",
+  schedule: "create-schedule", seed: "create-seed", count: "create-count",
   clip_skip: "create-clip-skip", init_image: "create-init", strength: "create-strength",
 };
 export const STRENGTH = { min: 0.05, max: 1, step: 0.05, initial: "0.6" };
@@ -27,6 +27,7 @@ function blankForm() {
       schedule: "", seed: "", count: "1", clip_skip: "", strength: STRENGTH.initial,
     },
     edited: {}, // field -> true once the person (or Remix) set it: a new model's profile leaves it alone
+    sizePicked: false, // one of the model's recommended sizes was clicked (until the model changes)
     randomSeed: true,
     init: null, // {file, url, name} for image-to-image
     busy: false,
@@ -132,7 +133,7 @@ export function setField(field, value) {
   setForm((f) => ({
     values: { ...f.values, [field]: value },
     edited: { ...f.edited, [field]: true },
-    fieldErrors: withoutError(f.fieldErrors, field, field === "seed" ? "seeds" : field),
+    fieldErrors: withoutError(f.fieldErrors, field),
   }));
 }
 
@@ -142,6 +143,7 @@ export function chooseModel(name) {
   setForm((f) => ({
     values: { ...f.values, model: name, ...profileValues(model, f.edited) },
     fieldErrors: withoutError(f.fieldErrors, "model"),
+    sizePicked: false,
     note: "",
   }));
 }
@@ -151,6 +153,7 @@ export function chooseSize(width, height) {
   setForm((f) => ({
     values: { ...f.values, width: String(width), height: String(height) },
     edited: { ...f.edited, width: false, height: false },
+    sizePicked: true,
     fieldErrors: withoutError(f.fieldErrors, "width", "height"),
   }));
 }
@@ -166,7 +169,7 @@ export function setRandomSeed(random) {
   setForm((f) => ({
     randomSeed: random,
     values: { ...f.values, seed: random || f.values.seed !== "" ? f.values.seed : randomSeedValue() },
-    fieldErrors: withoutError(f.fieldErrors, "seed", "seeds"),
+    fieldErrors: withoutError(f.fieldErrors, "seed"),
   }));
 }
 
@@ -193,11 +196,26 @@ export function clearInitImage() {
 
 // ---------------------------------------------------------------- Remix
 
-function findModel(name) {
-  if (!name) return null;
-  const wanted = String(name).toLowerCase();
-  return store.state.catalog.models.find((m) => [m.name, m.label].some((n) => n && String(n).toLowerCase() === wanted))
-    || null;
+/** A model's name without folders or a checkpoint suffix: "/models/dreamshaper_8.safetensors" -> "dreamshaper_8". */
+function stem(text) {
+  return String(text).split(/[\\/]/).pop().replace(/\.(safetensors|ckpt|pt|pth|bin)$/i, "").toLowerCase();
+}
+
+/** The offered model an image was made with: its generation record's spec ("tiny", a hub id, a path) or name,
+ * or the model name its metadata carries (A1111's "Model: ..."), matched whole, then without folders/suffix. */
+function findModel(item) {
+  const made = (item.generation && item.generation.model) || {};
+  const wanted = [made.spec, made.name, item.model].filter(Boolean).map((w) => String(w).toLowerCase());
+  const { models } = store.state.catalog;
+  for (const w of wanted) {
+    const found = models.find((m) => String(m.name).toLowerCase() === w);
+    if (found) return found;
+  }
+  for (const w of wanted) {
+    const found = models.find((m) => stem(m.name) === stem(w));
+    if (found) return found;
+  }
+  return null;
 }
 
 /** Open Create with an image's settings: its prompt, negative prompt, seed (locked), steps, cfg, sampler, ... */
@@ -205,7 +223,8 @@ export async function remix(item) {
   openCreate({ focus: false });
   await loadCatalog();
   const { catalog } = store.state;
-  const model = findModel(item.model) || modelByName(form().values.model) || defaultModel(catalog.models);
+  const made = findModel(item);
+  const model = made || modelByName(form().values.model) || defaultModel(catalog.models);
   const values = { prompt: item.prompt || "", negative_prompt: item.negative_prompt || "" };
   const edited = { prompt: true, negative_prompt: true };
   const take = (field, value, known = null) => {
@@ -219,14 +238,19 @@ export async function remix(item) {
   take("steps", item.steps);
   take("cfg", item.cfg);
   take("sampler", item.sampler, catalog.samplers);
-  take("schedule", item.scheduler, catalog.schedules);
+  // A record keeps "Automatic" as no schedule: the generation record says it, or A1111's default is meant.
+  const schedulerRecord = (item.generation && item.generation.scheduler) || {};
+  take("schedule", schedulerRecord.schedule || item.scheduler || "Automatic", catalog.schedules);
   values.clip_skip = item.clip_skip ? String(item.clip_skip) : "";
   const hasSeed = item.seed !== null && item.seed !== undefined;
   let note = "";
-  if (item.model && model && !findModel(item.model)) {
+  if (item.model && model && !made) {
     note = `This image was made with “${item.model}”, which this server does not offer: ${model.label || model.name} is used instead.`;
   } else if (!item.model && model) {
     note = `The image does not record its model: ${model.label || model.name} is used.`;
+  }
+  if (item.init_image_sha256 || item.denoising_strength != null) {
+    note = `${note} It was made from an init image, which Remix does not bring along: add one to make it again.`.trim();
   }
   setForm((f) => {
     const base = { ...f.values, ...(model ? { model: model.name, ...profileValues(model, edited) } : {}) };
@@ -254,15 +278,21 @@ function number(value) {
   return Number.isFinite(parsed) ? parsed : text; // the API names what is wrong with a non-number
 }
 
+/** With an init image and no size set by the person, the server takes the init image's shape. */
+export function sizeFollowsInit(f = form()) {
+  return !!f.init && !f.edited.width && !f.edited.height && !f.sizePicked;
+}
+
 /** The request: the form's values; empty fields are left out (the profile's default applies). */
 export function requestFields(f = form()) {
   const v = f.values;
+  const size = !sizeFollowsInit(f);
   const fields = {
     prompt: v.prompt,
     negative_prompt: v.negative_prompt.trim() ? v.negative_prompt : undefined,
     model: v.model || undefined,
-    width: number(v.width),
-    height: number(v.height),
+    width: size ? number(v.width) : undefined,
+    height: size ? number(v.height) : undefined,
     steps: number(v.steps),
     cfg: number(v.cfg),
     sampler: v.sampler || undefined,
@@ -278,7 +308,7 @@ export function requestFields(f = form()) {
 /** errors[].loc = ["body", FIELD, ...]: the field the message belongs to, when the form has it. */
 function fieldOf(loc) {
   if (!Array.isArray(loc)) return null;
-  const parts = loc.filter((p) => p !== "body" && p !== "form" && typeof p === "string");
+  const parts = loc.filter((p) => p !== "body" && typeof p === "string").map((p) => (p === "seeds" ? "seed" : p));
   return parts.find((p) => p in FIELD_IDS) || null;
 }
 
@@ -306,6 +336,10 @@ export async function submit() {
     const notice = `Queued ${count} ${count === 1 ? "image" : "images"}${where}.`;
     setForm({ busy: false, warnings: created.warnings || [], notice });
     announce(notice);
+    whenRendered(() => {
+      const row = document.querySelector(`#create-queue li[data-job-id="${CSS.escape(String(created.id))}"]`);
+      row?.scrollIntoView({ block: "nearest", behavior: "smooth" }); // the queue is below the form
+    });
   } catch (error) {
     const fieldErrors = {};
     const rest = [];

@@ -60,6 +60,7 @@ function apply(id, job) {
     const images = (job.image_ids || []).length;
     if (job.status === "done") announce(`Job finished: ${images} ${images === 1 ? "image" : "images"}`);
     else if (job.status === "failed") announce("A job failed");
+    else if (job.status === "cancelled") announce("Job cancelled");
   }
   if (finishedNow && (job.image_ids || []).length) for (const hook of doneHooks) hook(job.image_ids, job);
 }

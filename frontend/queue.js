@@ -6,7 +6,7 @@ import { TERMINAL, cancelJob, dismissJob } from "./jobs.js";
 import { truncate } from "./dom.js";
 import { html } from "./preact-htm.js";
 
-const LABELS = { queued: "Queued", running: "Running…", done: "Done", failed: "Failed", cancelled: "Cancelled" };
+const LABELS = { pending: "Queued", queued: "Queued", running: "Running…", done: "Done", failed: "Failed", cancelled: "Cancelled" };
 
 export function formatEta(seconds) {
   if (seconds == null || !Number.isFinite(seconds)) return "";
@@ -55,7 +55,7 @@ function Images({ ids }) {
 
 export function JobItem({ record, dismissible = false }) {
   const job = record.job;
-  const status = job ? job.status : "queued";
+  const status = job ? job.status : "pending"; // until the first answer about it
   const ended = TERMINAL.has(status);
   const stopping = record.cancelling || (job && job.cancel_requested && !ended);
   const seeds = record.seeds && record.seeds.length ? record.seeds : (job && job.payload && job.payload.seeds) || [];

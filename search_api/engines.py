@@ -192,6 +192,19 @@ class Engines:
     def thumbnail_path(self, sha256: str) -> Path:
         return thumbnail_path(self.settings.thumbs_path, sha256)
 
+    def make_thumbnail(self, sha256: str, original: Path) -> Path | None:
+        """The thumbnail made from the original file (as `promptdex index` makes it); None if that cannot be read."""
+        from indexer.images import ImageRejected, ensure_thumbnail
+
+        if not original.is_file():
+            return None
+        try:
+            return ensure_thumbnail(self.settings.thumbs_path, sha256, original, size=self.settings.indexer.thumb_size,
+                                    max_pixels=self.settings.indexer.max_image_pixels)
+        except ImageRejected as exc:
+            logger.warning("no thumbnail for %s: %s", original, exc)
+            return None
+
     def reload_if_changed(self) -> None:
         """Pick up new generations (a bundle that cannot be opened is reported by health and by the searches that
         need it; the handle keeps serving the generation it has, if any)."""

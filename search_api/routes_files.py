@@ -83,8 +83,13 @@ def thumb_file(state: State, service: Service, caller: FileCaller, image_id: Ima
     image = service.image(image_id)
     _gone_unless_present(image, None)  # the thumbnail is of the content: only a missing row is gone
     path = state.engines.thumbnail_path(image.sha256)
-    if not path.is_file():
-        raise NotFound(f"image {image_id} has no thumbnail yet: run `promptdex index`")
+    if not path.is_file():  # a new image (a worker just made it): made now from its file, once
+        original = FsPath(image.path)
+        original = original if original.is_absolute() else state.settings.images_path / original
+        made = state.engines.make_thumbnail(image.sha256, original)
+        if made is None:
+            raise NotFound(f"image {image_id} has no thumbnail yet: run `promptdex index`")
+        path = made
     return _file_response(path, "image/webp", f'"t-{image.sha256}"', if_none_match, cache_control(state, caller))
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from PIL import Image, PngImagePlugin
 
 from tests.e2e.test_web import (
     DESKTOP,
+    SCREENSHOTS,
     UNLIMITED_RATES,
     Account,
     Served,
@@ -99,10 +99,11 @@ def site(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     _write_pngs(root / "pngs")
     with corpus_env(pg_server_url, root, **UNLIMITED_RATES) as env:
         _cli("import", str(root / "pngs"), cwd=root, env=env)
-        _cli("index", cwd=root, env=env)
-        creator = add_account(root, env, "cleo", "creator")
-        with serve(root, env, "serve-create") as served, worker(root, env):
-            yield Site(served, creator, served.all_ids())
+        with worker(root, env):  # it starts (imports torch) while the rest is set up
+            _cli("index", cwd=root, env=env)
+            creator = add_account(root, env, "cleo", "creator", token=False)
+            with serve(root, env, "serve-create") as served:
+                yield Site(served, creator, served.all_ids())
 
 
 @pytest.fixture
@@ -134,42 +135,54 @@ def _wait_done(web: Web, job_id: str) -> list[int]:
     return [int(h.rsplit("/", 1)[1]) for h in hrefs]
 
 
+def _job(web: Web, job_id: str) -> Any:
+    """GET /api/jobs/{id} as the signed-in browser (its session cookie)."""
+    response = web.page.request.get(f"{web.served.base}/api/jobs/{job_id}")
+    assert response.status == 200, response.text()
+    return response.json()
+
+
 def _submit(web: Web) -> Any:
     with web.page.expect_response(lambda r: r.url.endswith("/api/generations") and r.request.method == "POST") as r:
         web.page.click("#create-submit")
     return r.value
 
 
-def test_cancel_in_the_queue(web: Web, site: Site) -> None:
-    """Cancel: DELETE /api/jobs/{id} with the CSRF header; the job stops (at its next step when running)."""
+def test_live_progress_then_cancel(web: Web, site: Site) -> None:
+    """A long job shows step i of N and its progress bar as it runs; Cancel (DELETE /api/jobs/{id}, with the CSRF
+    header) stops it at its next step, and it makes no image."""
     page = web.page
-    for image_id in set(site.served.all_ids()) - set(site.imported):  # made by a worker: no thumbnail until indexed
-        web.allow_http_error(404, f"/thumbs/{image_id}")
     web.goto("/")
     _sign_in_from_create(web, site.creator)
     page.click("#create-toggle")
     page.wait_for_function("() => document.querySelector('#create-model')?.value === 'tiny'")
     page.fill("#create-prompt", "a very long job to cancel")
     page.select_option("#create-count", "4")
-    page.fill("#create-steps", str(site.served.get("/api/models")["limits"]["max_steps"]))
+    steps = site.served.get("/api/models")["limits"]["max_steps"]
+    page.fill("#create-steps", str(steps))
+    page.evaluate(WATCH_QUEUE)
     created = _submit(web)
     assert created.status == 201, created.text()
     job_id = created.json()["id"]
     row = page.locator(f"#create-queue li[data-job-id='{job_id}']")
-    row.locator(".job-cancel:enabled").wait_for()
+    shows = f"""() => {{
+      const row = document.querySelector("#create-queue li[data-job-id='{job_id}']");
+      return /^step \\d+ of {steps} · image 1 of 4$/.test(row?.querySelector(".job-step")?.textContent || "")
+        && row.querySelector("progress.job-bar").value > 0;
+    }}"""
+    page.wait_for_function(shows, timeout=JOB_TIMEOUT_MS)  # step i of N and the bar, while it runs
+    assert row.get_attribute("data-status") == "running"
+    row.screenshot(path=str(SCREENSHOTS / "create-job-running.png"))
     with page.expect_response(lambda r: r.url.endswith(f"/api/jobs/{job_id}") and r.request.method == "DELETE") as r:
         row.locator(".job-cancel").click()
     assert r.value.status == 200, r.value.text()
     csrf = {c["name"]: c["value"] for c in page.context.cookies()}["promptdex_csrf"]
     assert r.value.request.headers.get("x-csrf-token") == csrf
     row.locator(".job-status[data-status=cancelled]").wait_for(timeout=JOB_TIMEOUT_MS)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        job = site.served.get(f"/api/jobs/{job_id}", token=site.creator.token)
-        if job["status"] == "cancelled":
-            break
-        time.sleep(0.3)
+    assert page.evaluate(f"window.__seen[{job_id!r}]")["statuses"][-2:] == ["running", "cancelled"]
+    job = _job(web, job_id)
     assert job["status"] == "cancelled" and job["image_ids"] == []
+    assert row.locator(".job-cancel").count() == 0
 
 
 def test_create_follow_and_remix(web: Web, site: Site) -> None:
@@ -207,7 +220,7 @@ def test_create_follow_and_remix(web: Web, site: Site) -> None:
     # A small image, a few steps; cfg above the profile's range is allowed and comes back as a warning.
     page.click(".size-chip:text-is('64×64')")
     page.wait_for_selector("#create-width-error", state="detached")
-    page.fill("#create-steps", "12")
+    page.fill("#create-steps", "4")
     page.fill("#create-cfg", str(profile["cfg_range"][1] + 1))
     page.evaluate(WATCH_QUEUE)
     created = _submit(web)
@@ -215,25 +228,25 @@ def test_create_follow_and_remix(web: Web, site: Site) -> None:
     body = created.json()
     job_id, (seed,) = body["id"], body["seeds"]
     sent = created.request.post_data_json
-    assert sent["prompt"] == PROMPT and (sent["width"], sent["height"], sent["steps"]) == (64, 64, 12)
+    assert sent["prompt"] == PROMPT and (sent["width"], sent["height"], sent["steps"]) == (64, 64, 4)
     assert "seed" not in sent, "a random seed is left to the server"
     assert body["warnings"] and any(w.startswith("cfg:") for w in body["warnings"])
     page.wait_for_selector("#create-warnings")
     assert page.locator("#create-warnings li").all_text_contents() == body["warnings"]
-    page.wait_for_selector(f"#create-queue li[data-job-id='{job_id}'] .job-progress", timeout=JOB_TIMEOUT_MS)
-    web.screenshot("create-running")
+    web.screenshot("create-queued")
 
     (image_id,) = _wait_done(web, job_id)
     seen = page.evaluate(f"window.__seen[{job_id!r}]")
-    assert seen["statuses"][-1] == "done" and len(seen["statuses"]) >= 2, seen  # it changed live, before done
-    assert seen["step"] or seen["preview"], seen
-    job = served.get(f"/api/jobs/{job_id}", token=site.creator.token)
+    statuses = [status for status in seen["statuses"] if status != "pending"]  # "pending": before the first answer
+    assert statuses[0] in {"queued", "running"} and statuses[-1] == "done", seen  # it changed live, no reload
+    job = _job(web, job_id)
     assert job["status"] == "done" and job["image_ids"] == [image_id]
     # In the grid at once (the view is the newest images), and searchable.
     page.wait_for_selector(f"#results .card[data-id='{image_id}']")
     assert web.card_ids()[0] == image_id
     assert image_id in served.all_ids()
     web.screenshot("create-done")
+    page.locator("#create-queue").screenshot(path=str(SCREENSHOTS / "create-queue.png"))
 
     # Open it from the queue, Remix: the form comes back with its prompt and its seed, locked. (The worker does not
     # index: the detail view's similar images answer 404 for a new image until `promptdex index`.)
@@ -247,7 +260,8 @@ def test_create_follow_and_remix(web: Web, site: Site) -> None:
     assert page.evaluate("document.activeElement.id") == "create-prompt"
     assert not page.is_checked("#create-seed-random") and page.input_value("#create-seed") == str(seed)
     remixed = {f: page.input_value(f"#create-{f}") for f in ("width", "height", "steps", "model")}
-    assert remixed == {"width": "64", "height": "64", "steps": "12", "model": "tiny"}
+    assert remixed == {"width": "64", "height": "64", "steps": "4", "model": "tiny"}
+    assert page.locator("#create-note").count() == 0, "its model is on offer: no note about a stand-in"
 
     again = _submit(web)
     assert again.status == 201, again.text()
@@ -256,3 +270,51 @@ def test_create_follow_and_remix(web: Web, site: Site) -> None:
     assert second != job_id
     assert _wait_done(web, second) == [image_id], "the same settings and seed make the same image"
     assert page.locator(f"#results .card[data-id='{image_id}']").count() == 1
+
+
+def test_image_to_image_sends_the_init_image_and_strength(web: Web, site: Site, tmp_path: Path) -> None:
+    page = web.page
+    init = tmp_path / "init.png"
+    Image.new("RGB", (96, 64), (200, 120, 40)).save(init)
+    web.goto("/")
+    _sign_in_from_create(web, site.creator)
+    page.click("#create-toggle")
+    page.wait_for_function("() => document.querySelector('#create-model')?.value === 'tiny'")
+    page.fill("#create-prompt", "an orange dusk")
+    page.fill("#create-steps", "2")
+    page.set_input_files("#create-init-file", str(init))
+    page.wait_for_selector("#create-init-preview[src^='blob:']")
+    assert page.input_value("#create-strength") == "0.6"
+    assert page.is_visible("#create-size-hint"), "with an init image and no size set, the size follows the image"
+    created = _submit(web)
+    assert created.status == 201, created.text()
+    sent = created.request.headers.get("content-type", "")
+    assert sent.startswith("multipart/form-data"), sent
+    request = created.json()["request"]  # what the server read from the form, defaults filled in
+    assert request["strength"] == 0.6 and request["init_image"]
+    assert abs(request["width"] / request["height"] - 1.5) < 0.1, "the size follows the 3:2 init image"
+    assert len(_wait_done(web, created.json()["id"])) == 1
+    page.focus("#create-prompt")
+    page.keyboard.press("Escape")  # the drawer closes and the focus goes back to its button
+    page.wait_for_selector("#create-panel", state="hidden")
+    assert page.evaluate("document.activeElement.id") == "create-toggle"
+    assert page.get_attribute("#create-toggle", "aria-expanded") == "false"
+
+
+def test_remix_of_an_image_whose_model_is_not_offered(web: Web, site: Site) -> None:
+    """An imported image (Model: imported): Remix takes its settings and seed, with the default model and a note."""
+    page = web.page
+    image_id = site.imported[0]
+    record = site.served.get(f"/api/images/{image_id}")
+    web.goto("/")
+    _sign_in_from_create(web, site.creator)
+    web.goto(f"/image/{image_id}")
+    page.wait_for_selector(f"#detail[open][data-loaded=full][data-image-id='{image_id}']")
+    page.wait_for_selector("#job-remix:enabled")
+    page.click("#job-remix")
+    page.wait_for_selector("#create-note")
+    assert "“imported”" in (page.text_content("#create-note") or "")
+    assert page.input_value("#create-model") == "tiny"
+    assert page.input_value("#create-prompt") == record["prompt"]
+    assert page.input_value("#create-seed") == str(record["seed"]) and not page.is_checked("#create-seed-random")
+    assert page.input_value("#create-sampler") == record["sampler"]

@@ -216,6 +216,8 @@ def test_a_running_job_streams_progress_and_previews_then_its_images(env: dict[s
     for image_id in events[-1]["image_ids"]:  # searchable at once: the image record is there
         detail = env["client"].get(f"/api/images/{image_id}")
         assert detail.status_code == 200 and detail.json()["prompt"] == "a harbour at dawn"
+        thumb = env["client"].get(f"/thumbs/{image_id}")  # made on first request, before `promptdex index` runs
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/webp"
 
 
 def test_cancelling_a_running_job_stops_it_at_a_step_and_writes_nothing(env: dict[str, Any],
