@@ -32,19 +32,16 @@ class JobProgress:
         self.family = family
         self.done = [0] * len(jobs)
         self.cancelled: set[int] = set()  # request indexes
+        self._index = {job.id: i for i, job in enumerate(jobs)}  # job id -> request index
         self._batch: Batch | None = None
         self._last_write = 0.0
-
-    def _index(self) -> dict[int, int]:
-        return {job.id: i for i, job in enumerate(self.jobs)}
 
     def stopped(self) -> set[int]:
         """Request indexes whose job was cancelled (asked again at every batch)."""
         rows = self.conn.execute(
             "SELECT id FROM jobs WHERE id = ANY(%s) AND (cancel_requested OR status <> 'running' OR worker <> %s)",
             ([j.id for j in self.jobs], self.worker)).fetchall()
-        index = self._index()
-        self.cancelled |= {index[int(r["id"])] for r in rows}
+        self.cancelled |= {self._index[int(r["id"])] for r in rows}
         return set(self.cancelled)
 
     def on_step(self, batch: Batch, step: int, steps: int, latents: Any) -> None:
@@ -75,8 +72,7 @@ class JobProgress:
         if not progress:
             raise StopBatch()
         stop = report_progress(self.conn, worker=self.worker, progress=progress, previews=previews)
-        index = self._index()
-        self.cancelled |= {index[job_id] for job_id in stop}
+        self.cancelled |= {self._index[job_id] for job_id in stop}
         if all(ri in self.cancelled for ri in mine):
             logger.info("%s: jobs %s cancelled at step %d of %d", self.worker, [self.jobs[ri].id for ri in mine],
                         step, steps)

@@ -38,19 +38,18 @@ def check_inputs(request: GenerateRequest, *, where: str = "", flags: bool = Tru
         check_request(request, where=where, classes=True, count_tokens=count_tokens)
     except InvalidFields as exc:
         raise (as_flags(exc) if flags else exc) from exc
+    def named(field: str) -> str:
+        return flag(field) if flags else field
+
     try:
-        classify_model(request.model or "", argument=flag("model") if flags else "model")
+        classify_model(request.model or "", argument=named("model"))
         if request.vae:
-            classify_vae(request.vae, argument=flag("vae") if flags else "vae")
+            classify_vae(request.vae, argument=named("vae"))
         if request.refiner:
-            classify_model(request.refiner, argument=flag("refiner") if flags else "refiner")
+            classify_model(request.refiner, argument=named("refiner"))
         if request.scheduler_class is not None:
             scheduler_class(request.scheduler_class)
         else:
-            resolve_sampler(request.sampler or "", request.schedule)
+            resolve_sampler(request.sampler or "", request.schedule, arguments=(named("sampler"), named("schedule")))
     except InvalidInput as exc:
-        text = str(exc)
-        if not flags and text.startswith("--") and ":" in text:  # "--clip-skip: ..." -> "clip_skip: ..."
-            name, rest = text.split(":", 1)
-            text = name[2:].replace("-", "_") + ":" + rest
-        raise InvalidInput(f"{where}{text}") from exc
+        raise InvalidInput(f"{where}{exc}") from exc

@@ -52,12 +52,12 @@ def scheduler_class(name: str) -> Any:
     return obj
 
 
-def _schedule(name: str | None) -> str:
+def _schedule(name: str | None, argument: str = "--schedule") -> str:
     if name is None or not name.strip():
         return "Automatic"
     found = find_schedule(name)
     if found is None:
-        raise InvalidInput(f"--schedule: unknown schedule type {name!r}; accepted: {', '.join(SCHEDULES)}")
+        raise InvalidInput(f"{argument}: unknown schedule type {name!r}; accepted: {', '.join(SCHEDULES)}")
     return found
 
 
@@ -65,19 +65,22 @@ def _class_parameters(cls: Any) -> set[str]:
     return set(inspect.signature(cls.__init__).parameters)
 
 
-def resolve_sampler(name: str, schedule: str | None = None) -> SamplerChoice:
+def resolve_sampler(name: str, schedule: str | None = None, *,
+                    arguments: tuple[str, str] = ("--sampler", "--schedule")) -> SamplerChoice:
     """The sampler and schedule for names like ("DPM++ 2M", "Karras"), ("DPM++ 2M Karras", None) or a class name.
 
-    Raises InvalidInput listing the accepted names. Needs diffusers importable (no model is loaded).
+    Raises InvalidInput listing the accepted names, naming the two `arguments` as the caller calls them.
+    Needs diffusers importable (no model is loaded).
     """
+    sampler_arg, schedule_arg = arguments
     if not name or not name.strip():
-        raise InvalidInput(f"--sampler: empty sampler name; accepted: {', '.join(sampler_names())}")
-    sched = _schedule(schedule)
+        raise InvalidInput(f"{sampler_arg}: empty sampler name; accepted: {', '.join(sampler_names())}")
+    sched = _schedule(schedule, schedule_arg)
     sampler = find_sampler(name)
     if sampler is None and sched == "Automatic":
         split = split_old_sampler(name.strip())
         if split and find_sampler(split[0]) is not None:
-            sampler, sched = find_sampler(split[0]), _schedule(split[1])
+            sampler, sched = find_sampler(split[0]), _schedule(split[1], schedule_arg)
     if sampler is None:
         obj = None
         if name.strip().endswith("Scheduler"):  # only then is diffusers worth importing
@@ -86,7 +89,7 @@ def resolve_sampler(name: str, schedule: str | None = None) -> SamplerChoice:
             obj = getattr(diffusers, name.strip(), None)
         if obj is None or not _is_scheduler_class(obj):
             raise InvalidInput(
-                f"--sampler: unknown sampler {name!r}; accepted: {', '.join(sampler_names())} "
+                f"{sampler_arg}: unknown sampler {name!r}; accepted: {', '.join(sampler_names())} "
                 f"(with --schedule {', '.join(SCHEDULES)}), or a diffusers scheduler class such as "
                 "EulerDiscreteScheduler"
             )
@@ -100,7 +103,7 @@ def resolve_sampler(name: str, schedule: str | None = None) -> SamplerChoice:
         usable = [s for s, o in SCHEDULES.items() if all(k in params or (k in SIGMA_FLAGS and not v)
                                                            for k, v in o.items())]
         raise InvalidInput(
-            f"--schedule: schedule type {sched!r} is not available with sampler {sampler.name!r} "
+            f"{schedule_arg}: schedule type {sched!r} is not available with sampler {sampler.name!r} "
             f"({sampler.cls}); accepted with it: {', '.join(usable)}"
         )
     overrides.update({k: v for k, v in wanted.items() if k in params})

@@ -63,11 +63,10 @@ class ModelCache:
         key = (model, config, revision, vae, refiner)
         if self._loaded is None or key != self._key:
             self.close()
-            extra: dict[str, Any] = {"refiner": refiner} if refiner else {}
             self._loaded = load_pipeline(
                 model or default_model(self.settings), device=self.device, dtype=self.dtype, vae=vae,
                 config=config, revision=revision, local_files_only=self.local_files_only,
-                models_path=self.settings.models_path, **extra,
+                models_path=self.settings.models_path, refiner=refiner,
             )
             self._key = key
         return self._loaded
@@ -178,8 +177,7 @@ def render_planned(settings: Settings, batch: Batch, *, cache: ModelCache,
     init = None
     if spec.init_image:
         init = load_input_image(spec.init_image, inputs_path=inputs_path(settings), size=(spec.width, spec.height))
-    extra: dict[str, Any] = {"on_step": on_step} if on_step is not None else {}
-    rendered = render_batch(loaded, spec, batch.items, init_image=init, **extra)
+    rendered = render_batch(loaded, spec, batch.items, init_image=init, on_step=on_step)
     images = [None if r.blocked else r.image for r in rendered]
     return RenderedBatch(batch, loaded, spec, images, environment_record(loaded.device, loaded.dtype))
 

@@ -14,10 +14,11 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+from promptdex.catalog import batch_key
 from promptdex.errors import QuotaExceeded
-from promptdex.generation import JobKind, JobStatus
+from promptdex.generation import GenerateRequest, JobKind, JobStatus
 
 Conn = psycopg.Connection[Any]
 _QUOTA_LOCK = 0x70647851  # pg_advisory_xact_lock key: quota checks and their inserts run one at a time
@@ -85,11 +86,6 @@ def enqueue_jobs(conn: Conn, *, payloads: Sequence[dict[str, Any]], kind: JobKin
 
 
 def _batch_key(payload: dict[str, Any]) -> str | None:
-    from pydantic import ValidationError
-
-    from promptdex.catalog import batch_key
-    from promptdex.generation import GenerateRequest
-
     try:
         return batch_key(GenerateRequest.model_validate(payload))
     except ValidationError:  # the worker fails it with the reason

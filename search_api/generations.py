@@ -3,6 +3,7 @@ them (queue position, progress, ETA). Uses the core request model and queue; nev
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 from functools import lru_cache
@@ -104,8 +105,6 @@ def prepare(settings: Settings, body: GenerationInput, *,
         raise InvalidFields([("model", f"{body.model[:100]!r} is not available here; accepted: {', '.join(offered)}")])
     sha = None
     if init is not None:
-        import hashlib
-
         sha = hashlib.sha256(init[3]).hexdigest()
         if body.strength is None:
             problems.append(("strength", "required with an init image; accepted: more than 0, at most 1"))

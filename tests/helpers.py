@@ -15,6 +15,18 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, *, timeout: float = 30) -> None:
+    """End a process this test started: SIGTERM, then SIGKILL if it has not exited within `timeout`."""
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

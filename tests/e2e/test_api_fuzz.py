@@ -22,7 +22,7 @@ import pytest
 
 from promptdex import accounts
 from promptdex.accounts import Role
-from tests.helpers import clean_env, run_cli
+from tests.helpers import clean_env, run_cli, stop_process
 from tests.integration.api_corpus import create_database
 
 pytestmark = pytest.mark.e2e
@@ -122,12 +122,7 @@ def live(pg_server_url: str) -> Iterator[tuple[str, str]]:
             _wait(base, proc, log)
             yield base, token
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, timeout=20)
             text = log.read_text(errors="replace")
             if "Traceback" in text:
                 print(text[-6000:])

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_web import _free_port, _wait_ready, add_account, corpus_env
-from tests.helpers import run_cli
+from tests.helpers import run_cli, stop_process
 
 pytestmark = pytest.mark.e2e
 
@@ -93,8 +93,7 @@ def test_the_served_worker_creates_reproducible_images_and_comes_back_after_a_ki
             assert status == 201, again
             assert _finished(base, maker.token, again["id"])["status"] == "done"  # the new worker took it
         finally:
-            proc.terminate()
-            proc.wait(60)
+            stop_process(proc, timeout=60)
         restarted = re.findall(r"pid (\d+) exited with -9; started another: pid (\d+)", log.read_text(errors="replace"))
         assert restarted and int(restarted[0][0]) == first_pid, log.read_text()[-3000:]
         second = int(restarted[0][1])

@@ -28,7 +28,7 @@ import psycopg
 import pytest
 
 from tests.conftest import REPO, require_shared_fixtures
-from tests.helpers import clean_env, run_cli
+from tests.helpers import clean_env, run_cli, stop_process
 
 pytestmark = pytest.mark.e2e
 
@@ -227,13 +227,7 @@ def serve(root: Path, env: dict[str, str], name: str = "serve") -> Iterator[Serv
         _wait_ready(base, proc, log)
         yield Served(base, root / "data", log, env, _sign_in_link(log))
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_process(proc)
 
 
 @contextmanager

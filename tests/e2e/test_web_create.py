@@ -32,6 +32,7 @@ from tests.e2e.test_web import (
     corpus_env,
     serve,
 )
+from tests.helpers import stop_process
 
 pytestmark = pytest.mark.e2e
 
@@ -84,13 +85,7 @@ def worker(root: Path, env: dict[str, str]) -> Iterator[Path]:  # the log's path
                                     stderr=subprocess.STDOUT)
         yield log
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_process(proc)
 
 
 @pytest.fixture(scope="module")

@@ -234,7 +234,8 @@ def test_progress_and_cancel_through_the_queue(conn: Any) -> None:
     claimed = jobs.claim_jobs(conn, worker="w", limit=2)
     assert [j.id for j in claimed] == [a, b]
     progress = {i: {"step": 1, "steps": 4, "images_done": 0, "images": 1, "fraction": 0.25} for i in (a, b)}
-    assert jobs.report_progress(conn, worker="w", progress=progress, previews={a: "data:image/png;base64,AA=="}) == set()
+    preview = {a: "data:image/png;base64,AA=="}
+    assert jobs.report_progress(conn, worker="w", progress=progress, previews=preview) == set()
     assert jobs.get_job(conn, job_id=a).progress["step"] == 1 and jobs.get_job(conn, job_id=a).preview
     assert jobs.cancel_job(conn, job_id=b).status == "running"  # running: its worker is asked to stop
     assert jobs.report_progress(conn, worker="w", progress=progress) == {b}
