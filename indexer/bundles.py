@@ -80,6 +80,7 @@ class Manifest:
     index_bytes: int = 0
     index_sha256: str = ""
     index_probe: str = ""  # sha256 of the size and the windows the quick check reads
+    runtimes: list[str] = field(default_factory=list)  # what ran the encoder that filled it (for the record only)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,7 +88,14 @@ class Manifest:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        runtimes = known.get("runtimes")
+        known["runtimes"] = sorted({str(r) for r in runtimes}) if isinstance(runtimes, list) else []
         return cls(**known)
+
+    def note_runtime(self, runtime: str) -> None:
+        """Record that `runtime` ran the encoder that added vectors (a bundle serves under any runtime)."""
+        if runtime and runtime not in self.runtimes:
+            self.runtimes = sorted({*self.runtimes, runtime})
 
 
 _FIELD_TYPES: dict[str, type] = {"name": str, "kind": str, "model": str, "dim": int, "count": int,
@@ -110,6 +118,12 @@ def _manifest_problem(data: Any) -> str | None:
     if not _INDEX_NAME.fullmatch(data["index_file"]):
         return "its 'index_file' is not a file name like index-000001.faiss"
     return None
+
+
+def set_search_threads(threads: int) -> None:
+    """Threads of one FAISS call (OpenMP). The API sets 1: it runs many searches at once, and OpenMP's pool would
+    only fight the other requests for the same cores."""
+    faiss.omp_set_num_threads(threads)
 
 
 def read_manifest(path: Path) -> Manifest | None:

@@ -7,14 +7,13 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from indexer.bundles import MANIFEST, Bundle, Ids
-from indexer.embedders import Embedder, Embedders, Vectors, l2_normalize, load_embedders
+from indexer.bundles import MANIFEST, Bundle, Ids, set_search_threads
+from indexer.embedders import Embedders, Vectors, load_embedders
 from indexer.indexing import IMAGE_BUNDLE, PROMPT_BUNDLE
 from indexer.keyword import KeywordIndex, open_keyword_index
 from indexer.keyword.base import ConnectionSource
@@ -124,74 +123,6 @@ class BundleHandle:
         return self.bundle.search(vector, k)
 
 
-def _trim_ready(model: Any) -> bool:
-    """Whether `model` is an open_clip CLIP whose text tower is causal and pools the EOT token (argmax)."""
-    needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask", "text_projection")
-    return (all(getattr(model, name, None) is not None for name in needed)
-            and getattr(model, "text_pool_type", None) == "argmax")
-
-
-def encode_text_trimmed(model: Any, tokens: Any) -> Any:
-    """open_clip's `encode_text` run on the tokens up to the last EOT of the batch only.
-
-    The text tower attends causally and pools the EOT token, so the padding after it never reaches the output:
-    dropping it gives the same vectors (to float rounding) for a fraction of the work (a 3-word query is 6
-    tokens, not 77). Same steps as `CLIP.encode_text`, with the positions and the mask cut to that length.
-    """
-    import torch
-
-    length = int(tokens.argmax(dim=-1).max()) + 1
-    tokens = tokens[:, :length]
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast_dtype)
-    x = x + model.positional_embedding[:length].to(cast_dtype)
-    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-    x = model.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
-    projection = model.text_projection
-    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
-
-
-class TrimmedTextEncoder:
-    """CLIP query-text embedding without the padding tokens, checked once against the full `embed_text`
-    (falls back to it when the model is not an argmax-pooled causal open_clip CLIP, or the check fails)."""
-
-    CHECK = ("a red fox in fresh snow, watercolor", "cyberpunk city", "a")
-
-    def __init__(self, embedder: Embedder) -> None:
-        self.embedder = embedder
-        self._ok: bool | None = None
-
-    def _usable(self) -> bool:
-        if self._ok is None:
-            model = getattr(self.embedder, "model", None)
-            self._ok = bool(_trim_ready(model) and getattr(self.embedder, "tokenizer", None) is not None)
-            if self._ok:
-                try:
-                    full = self.embedder.embed_text(list(self.CHECK))
-                    trimmed = self._embed(list(self.CHECK))
-                    self._ok = bool(np.abs(full - trimmed).max() < 1e-4)
-                except Exception as exc:  # noqa: BLE001 - any surprise means: use the model's own path
-                    logger.warning("query text trimming disabled: %s: %s", type(exc).__name__, exc)
-                    self._ok = False
-            logger.info("CLIP query texts are embedded %s", "without padding" if self._ok else "in full")
-        return self._ok
-
-    def _embed(self, texts: Sequence[str]) -> Vectors:
-        import torch
-
-        embedder: Any = self.embedder
-        with torch.inference_mode():
-            tokens = embedder.tokenizer(list(texts)).to(embedder.device)
-            features = encode_text_trimmed(embedder.model, tokens)
-        return l2_normalize(features.float().cpu().numpy())
-
-    def __call__(self, texts: Sequence[str]) -> Vectors:
-        if not texts:
-            return self.embedder.embed_text(texts)
-        return self._embed(texts) if self._usable() else self.embedder.embed_text(texts)
-
-
 class IndexerService:
     """What the search API needs from the indexer, built once in the app's lifespan.
 
@@ -209,16 +140,20 @@ class IndexerService:
                                    nprobe=nprobe, check_every=check_every)
         self.prompts = BundleHandle(settings.indexes_path / PROMPT_BUNDLE, model=embedders.prompt.model_id,
                                     mmap=mmap, nprobe=nprobe, check_every=check_every)
-        self._query_text = TrimmedTextEncoder(embedders.clip)
 
     @classmethod
-    def from_settings(cls, settings: Settings, connect: ConnectionSource, *, mmap: bool = False) -> IndexerService:
-        """Load the embedders the settings name (tiny or real) and the configured keyword back end."""
-        return cls(settings, load_embedders(settings), open_keyword_index(settings, connect), mmap=mmap)
+    def from_settings(cls, settings: Settings, connect: ConnectionSource, *, mmap: bool = False,
+                      threads: int = 0) -> IndexerService:
+        """Load the embedders the settings name (tiny or real, on the configured runtime) and the configured keyword
+        back end. `threads` > 0 caps the threads of each model call and FAISS search (the API runs many at once)."""
+        if threads > 0:
+            set_search_threads(threads)
+        return cls(settings, load_embedders(settings, threads=threads), open_keyword_index(settings, connect),
+                   mmap=mmap)
 
     def embed_text(self, texts: Sequence[str]) -> Vectors:
         """CLIP text vectors (for searching images by text); the padding after the last token is not computed."""
-        return self._query_text(texts)
+        return self.embedders.clip.embed_text(texts)
 
     def embed_images(self, images: Sequence[Image.Image]) -> Vectors:
         """CLIP image vectors (for searching by an uploaded image)."""

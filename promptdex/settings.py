@@ -61,6 +61,14 @@ class GeneratorSettings(BaseModel):
                               "before it is marked failed.")
 
 
+class Runtime(StrEnum):
+    """What runs the encoders (CLIP towers, the prompt model)."""
+
+    AUTO = "auto"  # ONNX Runtime on the CPU when it is installed, torch otherwise and on a GPU
+    TORCH = "torch"
+    ONNX = "onnx"
+
+
 class IndexerSettings(BaseModel):
     """Embedders, bundles and keyword back end."""
 
@@ -68,6 +76,15 @@ class IndexerSettings(BaseModel):
     clip_pretrained: str = Field("laion2b_s34b_b79k", description="open_clip pretrained tag or checkpoint file.")
     text_model: str = Field("all-MiniLM-L6-v2", description="sentence-transformers model for prompt vectors.")
     device: str = Field("auto", description="Device for the embedders.")
+    runtime: Runtime = Field(
+        Runtime.AUTO, description="What runs the encoders: auto (ONNX Runtime on the CPU when installed, else "
+        "torch; torch on a GPU), torch or onnx. Not part of a model's identity: bundles serve under either.")
+    onnx_dir: Path | None = Field(
+        None, description="Where encoders exported to ONNX are cached (default MODELS_DIR/onnx).")
+    query_cache: int = Field(4096, ge=0, description="Query vectors the API keeps (LRU, per model; 0: none).")
+    batch_wait_ms: float = Field(
+        2.0, ge=0, le=50, description="How long the API lets concurrent query embeddings gather into one model "
+        "call (at most; a lone query waits about a tenth of it).")
     batch_size: int = Field(32, ge=1, description="Images per embedding batch.")
     thumb_size: int = Field(384, ge=16, description="Long side of thumbnails in pixels.")
     exact_threshold: int = Field(200_000, ge=0, description="Below this many vectors a bundle is exact (flat).")
@@ -175,6 +192,11 @@ class Settings(BaseSettings):
     @property
     def models_path(self) -> Path:
         return self._sub(self.models_dir, "models")
+
+    @property
+    def onnx_path(self) -> Path:
+        """Where exported ONNX encoders are cached."""
+        return self._sub(self.indexer.onnx_dir, "models/onnx") if self.indexer.onnx_dir else self.models_path / "onnx"
 
     @property
     def postgres_path(self) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -25,25 +26,55 @@ logger = logging.getLogger(__name__)
 Vector = NDArray[np.float32]
 
 
-class _LRU:
-    """A small thread-safe cache of query vectors: repeated queries (typing, paging) skip the model."""
+class QueryCache:
+    """A thread-safe LRU of query vectors keyed by (model id, normalised text): repeated queries (typing, paging,
+    popular searches) skip the model. Counts its hits and misses for /api/health and the benchmark."""
 
-    def __init__(self, size: int = 1024) -> None:
+    def __init__(self, size: int) -> None:
         self.size, self._data, self._lock = size, OrderedDict[tuple[str, str], Vector](), threading.Lock()
+        self.hits = self.misses = 0
 
     def get(self, key: tuple[str, str]) -> Vector | None:
         with self._lock:
             value = self._data.get(key)
-            if value is not None:
+            if value is None:
+                self.misses += 1
+            else:
+                self.hits += 1
                 self._data.move_to_end(key)
             return value
 
     def put(self, key: tuple[str, str], value: Vector) -> None:
+        if self.size <= 0:
+            return
         with self._lock:
             self._data[key] = value
             self._data.move_to_end(key)
             while len(self._data) > self.size:
                 self._data.popitem(last=False)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            asked = self.hits + self.misses
+            rate = round(self.hits / asked, 4) if asked else None
+            return {"hits": self.hits, "misses": self.misses, "hit_rate": rate, "entries": len(self._data),
+                    "size": self.size}
+
+
+def normalise_query(text: str, *, case_insensitive: bool) -> str:
+    """The cache key of a query: whitespace collapsed, lower-cased for models whose tokenizer lower-cases (both of
+    the defaults), so `Red  Fox` and `red fox` share one vector (they give the same tokens)."""
+    text = " ".join(text.split())
+    return text.lower() if case_insensitive else text
+
+
+def _case_insensitive(embedder: Any) -> bool:
+    tokenizer = getattr(embedder, "tokenizer", None)
+    if tokenizer is None and getattr(embedder, "model", None) is not None:
+        tokenizer = getattr(embedder.model, "tokenizer", None)
+    if type(tokenizer).__name__ == "SimpleTokenizer":  # open_clip's BPE: lower-cases every text
+        return True
+    return bool(getattr(tokenizer, "do_lower_case", False))
 
 
 class _Batcher:
@@ -51,17 +82,19 @@ class _Batcher:
 
     One query's matrix products have a handful of rows and run far below the rate a CPU core reaches on a batch
     (bench/profile_hybrid.py measures both), so one call for many queries costs much less than a call each.
-    Callers queue their text and wait; one worker thread per model takes everything queued (up to `max_batch`)
-    as one batch. With no other request waiting a query runs alone, with no added delay.
+    Callers queue their text and wait; one worker thread per model takes what is queued as one batch (up to
+    `max_batch`). Before it starts the call it waits while more queries keep arriving: until none came for a tenth
+    of `wait` seconds, `wait` at most. A lone query so waits a tenth of `wait`; under load calls fill up.
     """
 
-    def __init__(self, embed: Any, name: str, max_batch: int = 32) -> None:
-        self.embed, self.name, self.max_batch = embed, name, max_batch
+    def __init__(self, embed: Any, name: str, max_batch: int = 32, wait: float = 0.002) -> None:
+        self.embed, self.name, self.max_batch, self.wait = embed, name, max_batch, wait
         self._queue: list[tuple[str, Future[Vector]]] = []
         self._ready = threading.Condition()
         self._worker: threading.Thread | None = None
         self.batches = 0
         self.items = 0
+        self.largest = 0
 
     def submit(self, text: str) -> Future[Vector]:
         future: Future[Vector] = Future()
@@ -73,11 +106,27 @@ class _Batcher:
             self._ready.notify()
         return future
 
+    def _gather(self) -> None:
+        """Wait (holding the condition) while queries keep arriving, as the class says."""
+        if self.wait <= 0:
+            return
+        deadline = time.monotonic() + self.wait
+        gap = self.wait / 10
+        while len(self._queue) < self.max_batch:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            before = len(self._queue)
+            self._ready.wait(min(gap, remaining))
+            if len(self._queue) == before:
+                return
+
     def _run(self) -> None:
         while True:
             with self._ready:
                 while not self._queue:
                     self._ready.wait()
+                self._gather()
                 batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
             try:
                 vectors = self.embed([text for text, _ in batch])
@@ -87,8 +136,13 @@ class _Batcher:
                 continue
             self.batches += 1
             self.items += len(batch)
+            self.largest = max(self.largest, len(batch))
             for (_, future), vector in zip(batch, vectors, strict=True):
                 future.set_result(np.asarray(vector, dtype=np.float32))
+
+    def stats(self) -> dict[str, Any]:
+        return {"batches": self.batches, "queries": self.items, "largest": self.largest,
+                "per_call": round(self.items / self.batches, 2) if self.batches else None}
 
 
 class Engines:
@@ -97,27 +151,30 @@ class Engines:
     def __init__(self, settings: Settings, indexer: IndexerService) -> None:
         self.settings = settings
         self.indexer = indexer
-        self._cache = _LRU()
+        s = settings.indexer
+        self.cache = QueryCache(s.query_cache)
         self._direct_map_lock = threading.Lock()
-        self._batchers = {"clip": _Batcher(self.indexer.embed_text, "clip"),
-                          "prompt": _Batcher(self.indexer.embed_prompts, "prompt")}
-        self.cache_hits = 0
-        self.cache_misses = 0
+        wait = s.batch_wait_ms / 1000
+        self._batchers = {"clip": _Batcher(self.indexer.embed_text, "clip", wait=wait),
+                          "prompt": _Batcher(self.indexer.embed_prompts, "prompt", wait=wait)}
+        e = indexer.embedders
+        self._models = {"clip": (e.clip.model_id, _case_insensitive(e.clip)),
+                        "prompt": (e.prompt.model_id, _case_insensitive(e.prompt))}
 
     # -- embeddings -------------------------------------------------------------------------------
 
     def _cached(self, kind: str, text: str) -> Future[Vector]:
         """The query vector, from the cache or from the model (batched with concurrent requests)."""
-        key = (kind, text)
-        vector = self._cache.get(key)
+        model_id, case_insensitive = self._models[kind]
+        text = normalise_query(text, case_insensitive=case_insensitive)
+        key = (model_id, text)
+        vector = self.cache.get(key)
         if vector is not None:
-            self.cache_hits += 1
             done: Future[Vector] = Future()
             done.set_result(vector)
             return done
-        self.cache_misses += 1
         future = self._batchers[kind].submit(text)
-        future.add_done_callback(lambda f: self._cache.put(key, f.result()) if f.exception() is None else None)
+        future.add_done_callback(lambda f: self.cache.put(key, f.result()) if f.exception() is None else None)
         return future
 
     def start_text_embeddings(self, text: str) -> tuple[Future[Vector], Future[Vector]]:
@@ -220,10 +277,11 @@ class Engines:
 
     def models_health(self) -> dict[str, Any]:
         e = self.indexer.embedders
-        batches = {name: {"batches": b.batches, "queries": b.items} for name, b in self._batchers.items()}
+        batches = {name: b.stats() for name, b in self._batchers.items()}
         return {"tiny": self.settings.models == ModelsMode.TINY, "clip": e.clip.model_id, "clip_dim": e.clip.dim,
                 "prompt": e.prompt.model_id, "prompt_dim": e.prompt.dim,
-                "query_cache": {"hits": self.cache_hits, "misses": self.cache_misses}, "query_batches": batches}
+                "runtime": {"clip": e.clip.runtime, "prompt": e.prompt.runtime},
+                "query_cache": self.cache.stats(), "query_batches": batches}
 
 
 def _bundle_health(handle: BundleHandle) -> dict[str, Any]:
@@ -248,10 +306,5 @@ def load_engines(settings: Settings, connect: ConnectionSource) -> Engines:
     The API answers many requests at once, so models and FAISS run one thread per call: their own thread
     pools would only fight the other requests for the same cores (and spin while they wait).
     """
-    import faiss
-    import torch
-
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
     # bundles are memory-mapped: their pages are shared with the page cache, not copied into the process
-    return Engines(settings, IndexerService.from_settings(settings, connect, mmap=True))
+    return Engines(settings, IndexerService.from_settings(settings, connect, mmap=True, threads=1))

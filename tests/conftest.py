@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,19 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# One cache of ONNX exports for the whole run (each model is exported once, not once per test's data dir); the
+# runtime tests that need a cold cache pass their own folder.
+_OWN_ONNX_CACHE = "PROMPTDEX_INDEXER__ONNX_DIR" not in os.environ
+ONNX_CACHE = os.environ.setdefault("PROMPTDEX_INDEXER__ONNX_DIR", tempfile.mkdtemp(prefix="promptdex-test-onnx-"))
+
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _OWN_ONNX_CACHE:
+        import shutil
+
+        shutil.rmtree(ONNX_CACHE, ignore_errors=True)
+
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures" / "metadata"
@@ -75,7 +89,7 @@ def settings(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch)
     from promptdex.settings import get_settings
 
     for key in list(os.environ):
-        if key.startswith("PROMPTDEX_"):
+        if key.startswith("PROMPTDEX_") and key != "PROMPTDEX_INDEXER__ONNX_DIR":
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
     return get_settings(data_dir=tmp_path / "data", database_url=database_url)

@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+# The suite's one cache of ONNX exports (tests/conftest.py sets it): every test's process exports each model once.
+ONNX_DIR_SETTING = "PROMPTDEX_INDEXER__ONNX_DIR"
+
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The current environment without any PROMPTDEX_ setting, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTDEX_")}
+    """The current environment without any PROMPTDEX_ setting (but the suite's ONNX export cache), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTDEX_") or k == ONNX_DIR_SETTING}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **extra)
     return env
 

@@ -6,15 +6,23 @@ import logging
 from dataclasses import dataclass
 
 from indexer.embedders.base import Embedder, Vectors, l2_normalize
-from indexer.embedders.clip import TINY_CLIP_NAME, ClipEmbedder, build_tiny_clip, load_clip
-from indexer.embedders.sentence import SentenceEmbedder, load_sentence_embedder
-from promptdex.settings import ModelsMode, Settings
+from indexer.embedders.clip import (
+    TINY_CLIP_NAME,
+    CLIPEmbedder,
+    ClipEmbedder,
+    OnnxClipEmbedder,
+    build_tiny_clip,
+    load_clip,
+)
+from indexer.embedders.runtime import resolve_runtime
+from indexer.embedders.sentence import OnnxSentenceEmbedder, SentenceEmbedder, load_sentence_embedder
+from promptdex.settings import ModelsMode, Runtime, Settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClipEmbedder", "Embedder", "Embedders", "SentenceEmbedder", "TINY_CLIP_NAME", "Vectors",
-           "build_tiny_clip", "clip_from_settings", "l2_normalize", "load_clip", "load_embedders",
-           "load_sentence_embedder", "prompt_embedder_from_settings"]
+__all__ = ["CLIPEmbedder", "ClipEmbedder", "Embedder", "Embedders", "OnnxClipEmbedder", "OnnxSentenceEmbedder",
+           "SentenceEmbedder", "TINY_CLIP_NAME", "Vectors", "build_tiny_clip", "clip_from_settings", "l2_normalize",
+           "load_clip", "load_embedders", "load_sentence_embedder", "prompt_embedder_from_settings"]
 
 
 @dataclass
@@ -25,22 +33,38 @@ class Embedders:
     prompt: Embedder
 
 
-def clip_from_settings(settings: Settings) -> ClipEmbedder:
-    """The CLIP embedder the settings ask for; PROMPTDEX_MODELS=tiny gives the tiny random one (offline)."""
+def _runtime(settings: Settings, threads: int) -> dict[str, object]:
+    """The runtime arguments of the loaders: which runtime, where exports live, threads, strictness."""
     s = settings.indexer
+    if threads > 0 and resolve_runtime(s.runtime, s.device) == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    return {"runtime": resolve_runtime(s.runtime, s.device), "onnx_dir": settings.onnx_path, "threads": threads,
+            "strict": s.runtime == Runtime.ONNX}
+
+
+def clip_from_settings(settings: Settings, *, threads: int = 0) -> CLIPEmbedder:
+    """The CLIP embedder the settings ask for; PROMPTDEX_MODELS=tiny gives the tiny random one (offline).
+    `threads`: per model call (0: every core; the API asks for 1, as it runs requests in parallel)."""
+    s = settings.indexer
+    runtime = _runtime(settings, threads)
     if settings.models == ModelsMode.TINY:
         checkpoint = build_tiny_clip(settings.models_path)
         return load_clip(TINY_CLIP_NAME, str(checkpoint), device=s.device, batch_size=s.batch_size,
-                         models_dir=settings.models_path)
+                         models_dir=settings.models_path, **runtime)  # type: ignore[arg-type]
     return load_clip(s.clip_model, s.clip_pretrained, device=s.device, batch_size=s.batch_size,
-                     models_dir=settings.models_path)
+                     models_dir=settings.models_path, **runtime)  # type: ignore[arg-type]
 
 
-def prompt_embedder_from_settings(settings: Settings) -> SentenceEmbedder:
+def prompt_embedder_from_settings(settings: Settings, *, threads: int = 0) -> SentenceEmbedder | OnnxSentenceEmbedder:
     """The prompt embedder (the real all-MiniLM-L6-v2 by default, also in tiny mode: it loads offline)."""
     return load_sentence_embedder(settings.indexer.text_model, device=settings.indexer.device,
-                                  batch_size=max(settings.indexer.batch_size, 64))
+                                  batch_size=max(settings.indexer.batch_size, 64),
+                                  **_runtime(settings, threads))  # type: ignore[arg-type]
 
 
-def load_embedders(settings: Settings) -> Embedders:
-    return Embedders(clip=clip_from_settings(settings), prompt=prompt_embedder_from_settings(settings))
+def load_embedders(settings: Settings, *, threads: int = 0) -> Embedders:
+    """Both embedders on the runtime PROMPTDEX_INDEXER__RUNTIME names (exported to ONNX on first use)."""
+    return Embedders(clip=clip_from_settings(settings, threads=threads),
+                     prompt=prompt_embedder_from_settings(settings, threads=threads))

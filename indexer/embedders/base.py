@@ -25,6 +25,7 @@ class Embedder(Protocol):
 
     model_id: str
     dim: int
+    runtime: str  # "torch" or "onnx": what runs it (not part of the model's identity)
 
     @property
     def supports_images(self) -> bool: ...

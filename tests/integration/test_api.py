@@ -358,3 +358,20 @@ def test_bundle_swap_under_fifty_parallel_requests(client: TestClient, corpus: C
     time.sleep(2.5)  # bundles are checked for a new manifest at most every 2 s
     after = client.get("/api/health").json()["bundles"]["images"]["generation"]
     assert after > before
+
+
+def test_repeated_queries_come_from_the_vector_cache_on_the_default_runtime(client: TestClient) -> None:
+    """The default runtime on a CPU is ONNX Runtime; a query differing only in case and spaces reuses the vectors."""
+    models = client.get("/api/health").json()["models"]
+    assert models["runtime"] == {"clip": "onnx", "prompt": "onnx"}
+    before = models["query_cache"]
+    first = client.get("/api/search", params={"q": "Lonely  LIGHTHOUSE at dusk", "mode": "hybrid"})
+    second = client.get("/api/search", params={"q": "lonely lighthouse at dusk", "mode": "hybrid"})
+    assert first.status_code == second.status_code == 200
+    assert [i["id"] for i in first.json()["data"]] == [i["id"] for i in second.json()["data"]]
+    after = client.get("/api/health").json()["models"]
+    cache = after["query_cache"]
+    assert cache["misses"] - before["misses"] == 2  # CLIP text and prompt vectors of the first query
+    assert cache["hits"] - before["hits"] == 2  # both reused by the second
+    assert 0 < cache["hit_rate"] <= 1 and cache["entries"] >= 2
+    assert after["query_batches"]["clip"]["queries"] >= 1
