@@ -2,7 +2,9 @@
 
 Run as its own process while the API is idle (`python -m bench.profile_hybrid --queries F --out F`). Stages are
 the engine calls (CLIP text tower, MiniLM, FAISS, keyword search) and the SQL helpers of the search service;
-process CPU time (all threads) is summed per stage, and PostgreSQL's own CPU is read from its processes.
+process CPU time (all threads) is summed per stage, and PostgreSQL's own CPU is read from its processes. Round
+trips to PostgreSQL are counted per stage: every statement a connection sends (the pool's liveness check on
+checkout, as the API's pool does it, included) and every transaction command (BEGIN, COMMIT).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 from bench.common import tree_cpu
 
@@ -28,21 +32,49 @@ STAGES = {
 }
 
 
+# SQL helpers of the search service, before (one statement each) and after issue 15 (one ranking statement)
+SQL_HELPERS = ("_max_id", "_keep", "_images_of_prompts", "_collapse", "_hydrate", "_rank")
+
+
+class CountingCursor(psycopg.Cursor[Any]):
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        CountingConnection.round_trips += 1
+        return super().execute(*args, **kwargs)
+
+
+class CountingConnection(psycopg.Connection[Any]):
+    """A connection that counts what it sends: statements (through its cursors) and transaction commands."""
+
+    round_trips = 0  # all connections together: the profile runs one query at a time
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cursor_factory = CountingCursor
+
+    def _exec_command(self, *args: Any, **kwargs: Any) -> Any:  # BEGIN, COMMIT, ROLLBACK (psycopg internals)
+        CountingConnection.round_trips += 1
+        return super()._exec_command(*args, **kwargs)
+
+
 class Meter:
     def __init__(self) -> None:
         self.cpu: dict[str, float] = {k: 0.0 for k in STAGES}
         self.wall: dict[str, float] = {k: 0.0 for k in STAGES}
+        self.trips: dict[str, int] = {k: 0 for k in STAGES}
 
     def wrap(self, obj: Any, name: str, stage: str) -> None:
         inner: Callable[..., Any] = getattr(obj, name)
 
         def measured(*args: Any, **kwargs: Any) -> Any:
             c0, w0 = time.thread_time(), time.perf_counter()  # this thread's CPU (models run one thread each)
+            r0 = CountingConnection.round_trips
             try:
                 return inner(*args, **kwargs)
             finally:
                 self.cpu[stage] += time.thread_time() - c0
                 self.wall[stage] += time.perf_counter() - w0
+                if not stage.startswith("embed_"):  # the model calls run beside the request in their own threads
+                    self.trips[stage] += CountingConnection.round_trips - r0
 
         setattr(obj, name, measured)
 
@@ -127,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--n", type=int, default=300)
+    parser.add_argument("--no-compute", action="store_true",
+                        help="leave out what the query embeddings are made of (the database stages only)")
     args = parser.parse_args(argv)
 
     from psycopg.rows import dict_row
@@ -141,8 +175,11 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = get_settings()
     database = open_database(settings)
+    # as the API's pool: connections checked as they leave it (one round trip each)
     pool: ConnectionPool[Any] = ConnectionPool(database.url, min_size=1, max_size=4, open=False,
-                                               kwargs={"row_factory": dict_row, "autocommit": True})
+                                               kwargs={"row_factory": dict_row, "autocommit": True},
+                                               connection_class=CountingConnection,
+                                               check=ConnectionPool.check_connection)
     pool.open(wait=True)
     engines = load_engines(settings, pool.connection)
     service = SearchService(pool=pool, engines=engines, secret=b"bench")
@@ -155,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     meter.wrap(engines.indexer, "embed_prompts", "embed_prompt")
     for name in ("image_search", "prompt_search", "keyword_search"):
         meter.wrap(engines, name, name)
-    for name in ("_max_id", "_keep", "_images_of_prompts", "_collapse", "_hydrate"):
-        meter.wrap(service, name, "sql")
+    for name in SQL_HELPERS:
+        if hasattr(service, name):
+            meter.wrap(service, name, "sql")
     pg_pid = database.embedded.server_pid() if database.embedded else None
     todo = queries[: args.n]
     # the batchers' worker threads start on first use: rebuild them so the wrapped model calls are used
@@ -165,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     engines._batchers = {"clip": _Batcher(engines.indexer.embed_text, "clip"),
                          "prompt": _Batcher(engines.indexer.embed_prompts, "prompt")}
     pg0, c0, w0, t0 = tree_cpu(pg_pid), time.process_time(), time.perf_counter(), time.thread_time()
+    trips0 = CountingConnection.round_trips
     for q in todo:
         page = service.search(SearchRequest(q=q))
         r0, rw0 = time.thread_time(), time.perf_counter()
@@ -172,10 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         meter.cpu["response"] += time.thread_time() - r0
         meter.wall["response"] += time.perf_counter() - rw0
     cpu, wall, pg = time.process_time() - c0, time.perf_counter() - w0, tree_cpu(pg_pid) - pg0
+    trips = CountingConnection.round_trips - trips0
     request_thread = time.thread_time() - t0
     n = len(todo)
     stages = {k: {"what": STAGES[k], "cpu_ms": round(meter.cpu[k] * 1000 / n, 2),
-                  "wall_ms": round(meter.wall[k] * 1000 / n, 2)} for k in STAGES}
+                  "wall_ms": round(meter.wall[k] * 1000 / n, 2),
+                  "round_trips": round(meter.trips[k] / n, 2)} for k in STAGES}
     in_request = sum(v for k, v in meter.cpu.items() if not k.startswith("embed_"))
     stages["python"] = {"what": "the rest of the search service (fusion, cursors, Python glue)",
                         "cpu_ms": round((request_thread - in_request) * 1000 / n, 2), "wall_ms": None}
@@ -184,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                                           - meter.cpu["embed_prompt"]) * 1000 / n, 2), "wall_ms": None}
     measured = {"clip": meter.cpu["embed_clip_text"] * 1000 / n, "prompt": meter.cpu["embed_prompt"] * 1000 / n}
     result = {"queries": n, "api_process_cpu_ms": round(cpu * 1000 / n, 2), "wall_ms": round(wall * 1000 / n, 2),
-              "postgres_cpu_ms": round(pg * 1000 / n, 2), "stages": stages,
-              "compute": compute_floor(engines, todo[:100], measured)}
+              "postgres_cpu_ms": round(pg * 1000 / n, 2), "round_trips": round(trips / n, 2), "stages": stages,
+              "compute": None if args.no_compute else compute_floor(engines, todo[:100], measured)}
     args.out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result), file=sys.stderr)
     pool.close()

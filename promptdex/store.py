@@ -55,7 +55,8 @@ def _row_values(image: NewImage) -> tuple[Any, ...]:
     )
 
 
-def _to_image(row: dict[str, Any]) -> Image:
+def image_from_row(row: dict[str, Any]) -> Image:
+    """The Image of a row of `images` joined with its prompt text (`_SELECT`'s columns)."""
     params = GenerationParams.model_validate(row["params"] or {}).model_copy(update={"prompt": row["prompt"]})
     fields = {k: row[k] for k in NewImage.model_fields if k in row and k != "params"}
     return Image.model_validate(
@@ -100,12 +101,12 @@ def add_image(conn: Conn, *, image: NewImage) -> tuple[int, bool]:
 def get_image(conn: Conn, *, image_id: int) -> Image | None:
     """One image by id, also when it is marked missing (its file routes answer 410 Gone)."""
     row = conn.execute(sql.SQL(_SELECT + " WHERE i.id = %s"), (image_id,)).fetchone()
-    return None if row is None else _to_image(row)
+    return None if row is None else image_from_row(row)
 
 
 def get_image_by_sha256(conn: Conn, *, sha256: str) -> Image | None:
     row = conn.execute(sql.SQL(_SELECT + " WHERE i.sha256 = %s"), (sha256,)).fetchone()
-    return None if row is None else _to_image(row)
+    return None if row is None else image_from_row(row)
 
 
 def get_images(conn: Conn, *, ids: Sequence[int]) -> dict[int, Image]:
@@ -113,7 +114,7 @@ def get_images(conn: Conn, *, ids: Sequence[int]) -> dict[int, Image]:
     if not ids:
         return {}
     rows = conn.execute(sql.SQL(_SELECT + " WHERE i.id = ANY(%s) AND NOT i.missing"), (list(ids),)).fetchall()
-    return {row["id"]: _to_image(row) for row in rows}
+    return {row["id"]: image_from_row(row) for row in rows}
 
 
 def filter_clause(filters: ImageFilter | None, alias: str = "i") -> tuple[sql.Composable, list[Any]]:
@@ -122,11 +123,17 @@ def filter_clause(filters: ImageFilter | None, alias: str = "i") -> tuple[sql.Co
     Always a clause with at least one parameter: rows marked missing (no file holds their content) are never
     listed or searched, so callers may append `AND ...` to it.
     """
+    condition, args = filter_condition(filters, alias)
+    return sql.SQL("WHERE ") + condition, args
+
+
+def filter_condition(filters: ImageFilter | None, alias: str = "i") -> tuple[sql.Composable, list[Any]]:
+    """The condition of `filter_clause` without its WHERE, to join with others by AND."""
     a = sql.Identifier(alias)
     parts: list[sql.Composable] = [sql.SQL("{}.missing = %s").format(a)]
     args: list[Any] = [False]
     if filters is None or filters.is_empty():
-        return sql.SQL("WHERE ") + parts[0], args
+        return parts[0], args
     checks: list[tuple[str, str, Any]] = [
         ("model", "=", filters.model), ("sampler", "=", filters.sampler), ("width", "=", filters.width),
         ("height", "=", filters.height), ("steps", ">=", filters.min_steps), ("steps", "<=", filters.max_steps),
@@ -138,7 +145,7 @@ def filter_clause(filters: ImageFilter | None, alias: str = "i") -> tuple[sql.Co
             continue
         parts.append(sql.SQL("{}.{} {} %s").format(a, sql.Identifier(column), sql.SQL(op)))
         args.append(value)
-    return sql.SQL("WHERE ") + sql.SQL(" AND ").join(parts), args
+    return sql.SQL(" AND ").join(parts), args
 
 
 def filter_images(
@@ -158,7 +165,7 @@ def filter_images(
         args = [*args, *after]
     query = sql.SQL(_SELECT) + where + sql.SQL(" ORDER BY i.created_at {d}, i.id {d} LIMIT %s").format(d=direction)
     rows = conn.execute(query, (*args, limit)).fetchall()
-    return [_to_image(row) for row in rows]
+    return [image_from_row(row) for row in rows]
 
 
 def count_images(conn: Conn, *, filters: ImageFilter | None = None) -> int:

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from promptdex import store
 from promptdex.errors import InvalidInput, NotFound
+from promptdex.ranking import Candidates, RankedImage, Ranking, RankOrder, Source, rank_images
 from promptdex.records import Image, ImageFilter
 from search_api.engines import Engines
 
@@ -29,6 +29,7 @@ RRF_K = 60
 MAX_OFFSET = 5000
 NEAR_DUPLICATE_BITS = 4  # perceptual hashes this close (of 64 bits) are one picture (re-encoded, resized)
 _MASK64 = (1 << 64) - 1
+ROW_SLACK = 8  # rows read past the page: near-duplicates collapsed before its end move it by up to this many
 
 
 class Mode(StrEnum):
@@ -132,89 +133,68 @@ class SearchService:
         self.engines = engines
         self.secret = secret
 
-    # -- SQL helpers ----------------------------------------------------------------------------
+    # -- SQL ------------------------------------------------------------------------------------
 
-    def _max_id(self) -> int:
+    def _rank(self, lists: Sequence[Candidates], filters: ImageFilter, max_id: int | None, per_list: int, *,
+              order: RankOrder = RankOrder.RELEVANCE, seed: int = 0, rows: tuple[int, int] = (0, 0)) -> Ranking:
+        """The candidates filtered, fused, ordered, with the rows of the window: one statement, one round trip."""
         with self.pool.connection() as conn:
-            row = conn.execute("SELECT coalesce(max(id), 0) AS m FROM images").fetchone()
-        return int(row["m"]) if row else 0
-
-    def _keep(self, ids: Sequence[int], filters: ImageFilter, max_id: int) -> list[int]:
-        """`ids` in order, without those the filters exclude or newer than the snapshot."""
-        if not ids:
-            return []
-        where, args = store.filter_clause(filters)
-        cond = (where + sql.SQL(" AND ")) if args else sql.SQL("WHERE ")
-        query = sql.SQL("SELECT i.id FROM images i ") + cond + sql.SQL("i.id = ANY(%s) AND i.id <= %s")
-        with self.pool.connection() as conn:
-            allowed = {int(r["id"]) for r in conn.execute(query, (*args, list(ids), max_id)).fetchall()}
-        return [i for i in ids if i in allowed]
-
-    def _images_of_prompts(self, prompt_ids: Sequence[int], filters: ImageFilter, max_id: int,
-                           limit: int) -> list[int]:
-        if not prompt_ids:
-            return []
-        where, args = store.filter_clause(filters)
-        cond = (where + sql.SQL(" AND ")) if args else sql.SQL("WHERE ")
-        # newest `limit` images of each prompt at most (index images_prompt_recent): a popular prompt's
-        # thousands of images are never all read
-        query = (
-            sql.SQL("SELECT x.id FROM unnest(%s::bigint[]) WITH ORDINALITY AS k(pid, r) CROSS JOIN LATERAL "
-                    "(SELECT i.id FROM images i ")
-            + cond + sql.SQL("i.prompt_id = k.pid AND i.id <= %s ORDER BY i.id DESC LIMIT %s) x "
-                             "ORDER BY k.r, x.id DESC LIMIT %s")
-        )
-        with self.pool.connection() as conn:
-            rows = conn.execute(query, (list(prompt_ids), *args, max_id, limit, limit)).fetchall()
-        return [int(r["id"]) for r in rows]
+            return rank_images(conn, lists=lists, filters=filters, max_id=max_id, per_list=per_list, order=order,
+                               seed=seed, rows=rows, rrf_k=RRF_K)
 
     def _hydrate(self, ids: Sequence[int]) -> dict[int, Image]:
         with self.pool.connection() as conn:
             return store.get_images(conn, ids=ids)
 
+    def _images(self, candidates: Sequence[RankedImage]) -> dict[int, Image]:
+        """The rows of these candidates: those the ranking statement brought, the others (rare: more than
+        ROW_SLACK near-duplicates collapsed before the page's end) read now."""
+        images = {c.id: c.image for c in candidates if c.image is not None}
+        absent = [c.id for c in candidates if c.image is None]
+        if absent:
+            images.update(self._hydrate(absent))
+        return images
+
     # -- rankings ---------------------------------------------------------------------------------
 
-    def _keyword_ranked(self, q: str, filters: ImageFilter, max_id: int, n: int) -> tuple[list[int], dict[int, float]]:
-        prompts = self.engines.keyword_search(q, n)
-        ids = self._images_of_prompts([p for p, _ in prompts], filters, max_id, n)
-        return ids, {}
-
-    def _vector_ranked(self, vector: NDArray[np.float32], filters: ImageFilter, max_id: int, n: int,
-                       exclude: set[int] | None = None) -> tuple[list[int], dict[int, float]]:
-        """Nearest images by CLIP vector, filtered; widens k until enough survive the filters."""
+    def _with_vector(self, vector: NDArray[np.float32], filters: ImageFilter, max_id: int | None, n: int, *,
+                     before: Sequence[Candidates] = (), after: Sequence[Candidates] = (),
+                     exclude: set[int] | None = None, order: RankOrder = RankOrder.RELEVANCE, seed: int = 0,
+                     rows: tuple[int, int] = (0, 0)) -> tuple[Ranking, dict[int, float]]:
+        """The ranking with the nearest images by CLIP vector as one of its lists (between `before` and `after`),
+        and the FAISS score of each; widens k until `n` of the neighbours survive the filters."""
         # with no filter and nothing excluded, almost every neighbour survives: ask for few more than needed
         k = max(n + 8, 16) if filters.is_empty() and not exclude else max(n * 2, 64)
         while True:
             ids, scores = self.engines.image_search(vector, k)
-            candidates = [i for i in ids if not exclude or i not in exclude]
-            kept = self._keep(candidates, filters, max_id)
-            if len(kept) >= n or len(ids) < k or k >= self.engines.image_count():
-                score_of = dict(zip(ids, scores, strict=True))
-                return kept[:n], {i: score_of[i] for i in kept[:n]}
+            candidates = Candidates(Source.IMAGES, [i for i in ids if not exclude or i not in exclude])
+            ranking = self._rank([*before, candidates, *after], filters, max_id, n, order=order, seed=seed,
+                                 rows=rows)
+            if ranking.kept[len(before)] >= n or len(ids) < k or k >= self.engines.image_count():
+                return ranking, dict(zip(ids, scores, strict=True))
+            max_id = ranking.max_id  # the wider search keeps the snapshot
             k *= 4
 
-    def _prompt_vector_ranked(self, vector: NDArray[np.float32], filters: ImageFilter, max_id: int,
-                              n: int) -> list[int]:
-        prompt_ids, _ = self.engines.prompt_search(vector, n)
-        return self._images_of_prompts(prompt_ids, filters, max_id, n)
-
-    def _ranked(self, req: SearchRequest, max_id: int, n: int) -> list[tuple[int, float | None]]:
+    def _ranked(self, req: SearchRequest, max_id: int | None, n: int,
+                rows: tuple[int, int]) -> tuple[Ranking, dict[int, float] | None]:
+        """The ranking of a query, and the score of each prompt where scores are the prompts' (keyword mode)."""
         q = req.q.strip()
+        order = RankOrder(req.sort.value)
         if req.mode is Mode.KEYWORD:
             prompts = self.engines.keyword_search(q, n)
-            score_of_prompt = dict(prompts)
-            ids = self._images_of_prompts([p for p, _ in prompts], req.filters, max_id, n)
-            with self.pool.connection() as conn:
-                rows = conn.execute("SELECT id, prompt_id FROM images WHERE id = ANY(%s)", (ids,)).fetchall()
-            pid = {int(r["id"]): int(r["prompt_id"]) for r in rows}
-            return [(i, score_of_prompt.get(pid[i])) for i in ids if i in pid]
-        lists = []
-        clip_vector, prompt_vector = self.engines.start_text_embeddings(q)  # the models work during the SQL
+            ranking = self._rank([Candidates(Source.PROMPTS, [p for p, _ in prompts])], req.filters, max_id, n,
+                                 order=order, seed=req.seed, rows=rows)
+            return ranking, dict(prompts)
+        clip_vector, prompt_vector = self.engines.start_text_embeddings(q)  # the models work during the keyword SQL
+        before = []
         if req.mode is Mode.HYBRID:
-            lists.append(self._keyword_ranked(q, req.filters, max_id, n)[0])
-        lists.append(self._vector_ranked(clip_vector.result(), req.filters, max_id, n)[0])
-        lists.append(self._prompt_vector_ranked(prompt_vector.result(), req.filters, max_id, n))
-        return [(i, s) for i, s in rrf(lists)]
+            before.append(Candidates(Source.PROMPTS, [p for p, _ in self.engines.keyword_search(q, n)]))
+        vector = clip_vector.result()
+        prompt_ids, _ = self.engines.prompt_search(prompt_vector.result(), n)
+        ranking, _ = self._with_vector(vector, req.filters, max_id, n, before=before,
+                                       after=[Candidates(Source.PROMPTS, prompt_ids)], order=order, seed=req.seed,
+                                       rows=rows)
+        return ranking, None
 
     # -- public -----------------------------------------------------------------------------------
 
@@ -224,65 +204,49 @@ class SearchService:
         fp = req.fingerprint()
         state = decode_cursor(req.cursor, fp, self.secret) if req.cursor else {}
         offset = int(state.get("o", 0))
-        max_id = int(state.get("m", 0)) or self._max_id()
+        max_id = int(state.get("m", 0)) or None  # None: the ranking statement takes the snapshot
         if offset > MAX_OFFSET:
             raise InvalidInput(f"cursor: results past {MAX_OFFSET} are not served; narrow the query")
         want = offset + req.limit + 1
+        # collapsing only drops candidates, so the page's rows sit at or after `offset` before it
+        rows = (offset, offset + req.limit + ROW_SLACK)
+        prompt_scores: dict[int, float] | None = None
         if req.q.strip():
-            ranked = self._ranked(req, max_id, max(want, 100))
+            ranking, prompt_scores = self._ranked(req, max_id, max(want, 100), rows)
         else:  # random browse
-            ranked = [(i, None) for i in self._keep(self._all_ids(req.filters, max_id), req.filters, max_id)]
-        ranked = self._order(ranked, req)
-        ranked = self._collapse(ranked, offset + req.limit + 1)
+            ranking = self._rank([Candidates(Source.ALL)], req.filters, max_id, MAX_OFFSET + 201,
+                                 order=RankOrder.RANDOM, seed=req.seed, rows=rows)
+        ranked = self._collapse(ranking.images, want)
         page = ranked[offset:offset + req.limit]
-        images = self._hydrate([i for i, _ in page])
-        hits = [Hit(images[i], s) for i, s in page if i in images]
+        images = self._images(page)
+
+        def score(c: RankedImage) -> float | None:
+            if not req.q.strip():
+                return None
+            if prompt_scores is not None:
+                return prompt_scores.get(c.prompt_id) if c.prompt_id is not None else None
+            return c.score
+
+        hits = [Hit(images[c.id], score(c)) for c in page if c.id in images]
         more = len(ranked) > offset + req.limit
-        cursor = encode_cursor({"f": fp, "o": offset + req.limit, "m": max_id}, self.secret) if more else None
+        cursor = (encode_cursor({"f": fp, "o": offset + req.limit, "m": ranking.max_id}, self.secret)
+                  if more else None)
         return SearchPage(hits, cursor)
 
-    def _all_ids(self, filters: ImageFilter, max_id: int) -> list[int]:
-        where, args = store.filter_clause(filters)
-        cond = (where + sql.SQL(" AND ")) if args else sql.SQL("WHERE ")
-        with self.pool.connection() as conn:
-            rows = conn.execute(sql.SQL("SELECT i.id FROM images i ") + cond + sql.SQL("i.id <= %s LIMIT %s"),
-                                (*args, max_id, MAX_OFFSET + 201)).fetchall()
-        return [int(r["id"]) for r in rows]
-
-    def _order(self, ranked: list[tuple[int, float | None]], req: SearchRequest) -> list[tuple[int, float | None]]:
-        if req.sort is Sort.RELEVANCE:
-            return ranked
-        if req.sort is Sort.RANDOM:
-            def key(pair: tuple[int, float | None]) -> str:
-                return hashlib.sha256(f"{req.seed}:{pair[0]}".encode()).hexdigest()
-            return sorted(ranked, key=key)
-        images = self._hydrate([i for i, _ in ranked])
-        newest = req.sort is Sort.NEWEST
-        return sorted(
-            (pair for pair in ranked if pair[0] in images),
-            key=lambda pair: (images[pair[0]].created_at, pair[0]), reverse=newest,
-        )
-
-    def _collapse(self, ranked: list[tuple[int, float | None]], need: int) -> list[tuple[int, float | None]]:
+    def _collapse(self, ranked: Sequence[RankedImage], need: int) -> list[RankedImage]:
         """Drop near-duplicates (perceptual hashes within NEAR_DUPLICATE_BITS) of a better-ranked result."""
-        kept: list[tuple[int, float | None]] = []
+        kept: list[RankedImage] = []
         kept_hashes: list[int] = []
-        for start in range(0, len(ranked), 256):
-            chunk = ranked[start:start + 256]
-            with self.pool.connection() as conn:
-                rows = conn.execute("SELECT id, phash FROM images WHERE id = ANY(%s)",
-                                    ([i for i, _ in chunk],)).fetchall()
-            phash = {int(r["id"]): r["phash"] for r in rows}
-            for pair in chunk:
-                h = phash.get(pair[0])
-                if h is not None:
-                    h &= _MASK64
-                    if any((h ^ other).bit_count() <= NEAR_DUPLICATE_BITS for other in kept_hashes):
-                        continue
-                    kept_hashes.append(h)
-                kept.append(pair)
-                if len(kept) >= need:  # what is past the page is never compared
-                    return kept
+        for candidate in ranked:
+            h = candidate.phash
+            if h is not None:
+                h &= _MASK64
+                if any((h ^ other).bit_count() <= NEAR_DUPLICATE_BITS for other in kept_hashes):
+                    continue
+                kept_hashes.append(h)
+            kept.append(candidate)
+            if len(kept) >= need:  # what is past the page is never compared
+                break
         return kept
 
     def _browse(self, req: SearchRequest) -> SearchPage:
@@ -322,10 +286,11 @@ class SearchService:
         return self._nearest(vector, k, filters or ImageFilter(), exclude=set())
 
     def _nearest(self, vector: NDArray[np.float32], k: int, filters: ImageFilter, exclude: set[int]) -> list[Hit]:
-        ids, scores = self._vector_ranked(vector, filters, self._max_id(), k + 8, exclude=exclude)
-        ids = [i for i in ids if scores[i] < 0.9999 or not exclude]  # exact duplicates of the query image
-        images = self._hydrate(ids[:k])
-        return [Hit(images[i], float(scores[i])) for i in ids[:k] if i in images]
+        n = k + 8
+        ranking, scores = self._with_vector(vector, filters, None, n, exclude=exclude, rows=(0, n))
+        found = [c for c in ranking.images if scores[c.id] < 0.9999 or not exclude][:k]  # exact duplicates
+        images = self._images(found)
+        return [Hit(images[c.id], float(scores[c.id])) for c in found if c.id in images]
 
     def suggest(self, q: str, limit: int) -> list[tuple[str, float]]:
         return self.engines.keyword_suggest(q, limit)
