@@ -1,4 +1,5 @@
-"""Image files: decode with limits (truncated files, decompression bombs), content hash, and WebP thumbnails."""
+"""Image files: content hash and header checks without decoding, one (reduced) decode with limits (truncated
+files, decompression bombs) for the thumbnail, the perceptual hash and the CLIP input, and WebP thumbnails."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from promptdex.errors import InvalidInput
 
@@ -29,6 +30,12 @@ STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCE
 TEMP_DIR_NAME = ".tmp"  # inside the thumbnails folder: half-written files, swept when their writer is gone
 _STALE_TEMP_SECONDS = 600.0
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+# The CLIP input keeps at least this many pixels on its shortest side: twice the 224 px the ViT-B-32 and ViT-L-14
+# preprocess resizes to, so its resize sees what it would see in the full picture (a 336 px model wants 672).
+CLIP_SIDE = 448
+THUMB_QUALITY = 82  # WebP quality of thumbnails
+# libwebp's effort (0-6): 2 encodes a 384 px thumbnail in half the time of 4 for files ~2% larger, at the same quality
+THUMB_METHOD = 2
 
 
 class ImageRejected(InvalidInput):
@@ -48,6 +55,37 @@ def is_storage_failure(exc: OSError) -> bool:
     return exc.errno in STORAGE_ERRNOS
 
 
+_STORAGE_ADVICE = {
+    errno.ENOSPC: ("the disk is full", "free space there"),
+    errno.EDQUOT: ("the disk quota is used up", "free space there or raise the quota"),
+    errno.EROFS: ("it is on a read-only file system", "mount it writable"),
+    errno.EACCES: ("this user may not write there", "give this user write permission on it"),
+    errno.EPERM: ("this user may not write there", "give this user write permission on it"),
+    errno.EIO: ("the disk reports input/output errors", "check the disk"),
+}
+
+
+def storage_problem(exc: OSError) -> tuple[str, str]:
+    """A storage failure in words, and what to do: ("the disk is full", "Free space there")."""
+    what, advice = _STORAGE_ADVICE.get(exc.errno or 0, (exc.strerror or str(exc), "fix it"))
+    return what, advice[0].upper() + advice[1:]
+
+
+@dataclass
+class ImageBytes:
+    """An image file read once: its bytes, content hash, file facts and header (format, size); no pixels decoded."""
+
+    path: Path
+    data: bytes
+    sha256: str
+    file_size: int
+    file_mtime: float
+    width: int
+    height: int
+    format: str
+    header: Image.Image  # Pillow's lazy view of `data`: size, format and info read, pixels not (load() decodes them)
+
+
 @dataclass
 class DecodedImage:
     """A decoded image file: its content hash, file facts, and the pixels (first frame, EXIF orientation applied)."""
@@ -62,8 +100,7 @@ class DecodedImage:
     image: Image.Image
 
 
-def decode_image(path: Path, *, max_pixels: int) -> DecodedImage:
-    """Read, hash and fully decode one file. Raises ImageRejected with the reason (naming the file)."""
+def _read_bytes(path: Path) -> tuple[bytes, os.stat_result]:
     try:
         stat = path.stat()
         data = path.read_bytes()
@@ -71,30 +108,95 @@ def decode_image(path: Path, *, max_pixels: int) -> DecodedImage:
         raise ImageRejected(f"{path}: cannot read the file: {exc.strerror or exc}") from exc
     if not data:
         raise ImageRejected(f"{path}: empty file (0 bytes)")
+    return data, stat
+
+
+def _rejected(path: Path, exc: Exception) -> ImageRejected:
+    """What Pillow's failure on `path` means, as the ImageRejected to raise (naming the file)."""
+    if isinstance(exc, ImageRejected):
+        return exc
+    if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return ImageRejected(f"{path}: decompression bomb: {exc}")
+    if isinstance(exc, UnidentifiedImageError):
+        return ImageRejected(f"{path}: {pillow_error(exc)}")
+    reason = "truncated" if "truncated" in str(exc).lower() else "not a readable image"
+    return ImageRejected(f"{path}: {reason}: {pillow_error(exc)}")
+
+
+def _open(data: bytes, path: Path, *, max_pixels: int) -> tuple[Image.Image, str]:
+    """Pillow's view of the file's header, no pixels decoded yet: an accepted format within `max_pixels`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             opened = Image.open(io.BytesIO(data))
-            fmt = FORMATS.get(opened.format or "")
-            if fmt is None:
-                raise ImageRejected(f"{path}: {opened.format} images are not imported (accepted: PNG, JPEG, WebP)")
-            width, height = opened.size
-            if width * height > max_pixels:
-                raise ImageRejected(
-                    f"{path}: {width}x{height} is {width * height} pixels, more than the "
-                    f"{max_pixels} PROMPTDEX_INDEXER__MAX_IMAGE_PIXELS allows (a decompression bomb?)")
-            opened.load()
-            image = ImageOps.exif_transpose(opened) or opened
-    except ImageRejected:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected(f"{path}: decompression bomb: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError... for bad files
-        if isinstance(exc, UnidentifiedImageError):
-            raise ImageRejected(f"{path}: {pillow_error(exc)}") from None
-        reason = "truncated" if "truncated" in str(exc).lower() else "not a readable image"
-        raise ImageRejected(f"{path}: {reason}: {pillow_error(exc)}") from None
-    return DecodedImage(path, hashlib.sha256(data).hexdigest(), stat.st_size, stat.st_mtime, width, height, fmt,
+        raise _rejected(path, exc) from None
+    fmt = FORMATS.get(opened.format or "")
+    if fmt is None:
+        raise ImageRejected(f"{path}: {opened.format} images are not imported (accepted: PNG, JPEG, WebP)")
+    width, height = opened.size
+    if width * height > max_pixels:
+        raise ImageRejected(
+            f"{path}: {width}x{height} is {width * height} pixels, more than the "
+            f"{max_pixels} PROMPTDEX_INDEXER__MAX_IMAGE_PIXELS allows (a decompression bomb?)")
+    return opened, fmt
+
+
+def read_image_file(path: Path, *, max_pixels: int) -> ImageBytes:
+    """Read and hash one file and check its header (format, pixel count): no pixels are decoded.
+
+    Raises ImageRejected with the reason (naming the file): unreadable, empty, not PNG/JPEG/WebP, too many pixels.
+    """
+    data, stat = _read_bytes(path)
+    opened, fmt = _open(data, path, max_pixels=max_pixels)
+    return ImageBytes(path, data, hashlib.sha256(data).hexdigest(), stat.st_size, stat.st_mtime, *opened.size, fmt,
+                     opened)
+
+
+def _orientation(opened: Image.Image) -> Image.Transpose | None:
+    """The transposition the file's EXIF Orientation asks for (read from the header, before any reduction)."""
+    try:
+        value = opened.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is no orientation, as ImageOps.exif_transpose treats it
+        return None
+    return _TRANSPOSE.get(value) if isinstance(value, int) else None
+
+
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+_REDUCIBLE = frozenset({"RGB", "RGBA", "L", "LA"})  # modes Image.reduce handles (alpha premultiplied)
+
+
+def decode_pixels(data: bytes, path: Path, *, max_pixels: int, min_side: int | None = None) -> Image.Image:
+    """One decode of a file's first frame, EXIF orientation applied. Raises ImageRejected (naming the file).
+
+    With `min_side` the pixels come reduced by an integer factor, never below `min_side` on the shortest side:
+    a JPEG decodes at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, `Image.draft`), which also saves most of
+    the decoding; PNG and WebP decode in full and are box-averaged down (`Image.reduce`). Without it: every pixel.
+    """
+    opened, _fmt = _open(data, path, max_pixels=max_pixels)
+    transpose = _orientation(opened)
+    try:
+        if min_side and opened.format == "JPEG":
+            opened.draft("RGB", (min_side, min_side))
+        opened.load()
+    except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError... for bad files
+        raise _rejected(path, exc) from None
+    image: Image.Image = opened
+    factor = min(image.size) // min_side if min_side else 1
+    if factor >= 2:
+        image = (image if image.mode in _REDUCIBLE else rgb(image)).reduce(factor)
+    if transpose is not None:
+        image = image.transpose(transpose)
+    return image
+
+
+def decode_image(path: Path, *, max_pixels: int) -> DecodedImage:
+    """Read, hash and fully decode one file. Raises ImageRejected with the reason (naming the file)."""
+    file = read_image_file(path, max_pixels=max_pixels)
+    image = decode_pixels(file.data, path, max_pixels=max_pixels)
+    return DecodedImage(path, file.sha256, file.file_size, file.file_mtime, file.width, file.height, file.format,
                         image)
 
 
@@ -178,14 +280,24 @@ def rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def write_thumbnail(image: Image.Image, dest: Path, *, size: int, quality: int = 82,
+def thumbnail_of(image: Image.Image, *, size: int) -> Image.Image:
+    """The thumbnail picture: RGB, long side `size` (never enlarged), Lanczos-resampled."""
+    thumb = rgb(image)
+    thumb = thumb.copy() if thumb is image else thumb
+    thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
+    return thumb
+
+
+def _webp(thumb: Image.Image, quality: int) -> bytes:
+    encoded = io.BytesIO()
+    thumb.save(encoded, "WEBP", quality=quality, method=THUMB_METHOD)
+    return encoded.getvalue()
+
+
+def write_thumbnail(image: Image.Image, dest: Path, *, size: int, quality: int = THUMB_QUALITY,
                     tmp_dir: Path | None = None) -> Path:
     """Save a WebP thumbnail (long side `size`, never enlarged) atomically: a temporary file, then rename."""
-    thumb = rgb(image).copy()
-    thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
-    encoded = io.BytesIO()
-    thumb.save(encoded, "WEBP", quality=quality, method=4)
-    return write_atomic(dest, encoded.getvalue(), tmp_dir=tmp_dir)
+    return write_atomic(dest, _webp(thumbnail_of(image, size=size), quality), tmp_dir=tmp_dir)
 
 
 def file_holds(path: Path, *, sha256: str, file_size: int | None, file_mtime: float | None) -> bool:
@@ -214,13 +326,19 @@ def image_file(path: str, images_dir: Path) -> Path:
     return file if file.is_absolute() else images_dir / file
 
 
+def _working_pixels(original: Path, *, thumb_size: int, max_pixels: int) -> Image.Image:
+    """The one decode indexing and thumbnailing share: RGB, reduced to no less than the CLIP and thumbnail sizes."""
+    data, _ = _read_bytes(original)
+    return rgb(decode_pixels(data, original, max_pixels=max_pixels, min_side=max(CLIP_SIDE, thumb_size)))
+
+
 def ensure_thumbnail(thumbs_dir: Path, sha256: str, original: Path, *, size: int, max_pixels: int) -> Path:
-    """The thumbnail of an image, made from the original file when it is missing (e.g. generated images)."""
+    """The thumbnail of an image, made from the original file when it is missing (e.g. before `promptdex index`)."""
     thumb = thumbnail_path(thumbs_dir, sha256)
     if not thumb.is_file():
+        image = _working_pixels(original, thumb_size=size, max_pixels=max_pixels)
         try:
-            write_thumbnail(decode_image(original, max_pixels=max_pixels).image, thumb, size=size,
-                            tmp_dir=temp_dir(thumbs_dir))
+            write_thumbnail(image, thumb, size=size, tmp_dir=temp_dir(thumbs_dir))
         except OSError as exc:
             raise ImageRejected(f"{thumb}: cannot write the thumbnail: {exc}") from exc
     return thumb
@@ -235,13 +353,23 @@ def dhash(image: Image.Image, size: int = 8) -> int:
     return value - (1 << 64) if value >= (1 << 63) else value
 
 
-def load_for_embedding(thumbs_dir: Path, sha256: str, original: Path) -> Image.Image:
-    """The image to embed: its thumbnail (already small) when present, else the original file."""
-    thumb = thumbnail_path(thumbs_dir, sha256)
-    source = thumb if thumb.is_file() else original
-    try:
-        with Image.open(source) as opened:
-            opened.load()
-            return rgb(opened)
-    except Exception as exc:  # noqa: BLE001 - any Pillow failure becomes one clear error
-        raise ImageRejected(f"{source}: cannot decode for embedding: {pillow_error(exc)}") from None
+@dataclass
+class IndexPixels:
+    """What indexing takes from the one decode of an image file (its thumbnail is written on the way)."""
+
+    clip_input: Image.Image  # RGB, reduced no further than CLIP_SIDE on the shortest side
+    phash: int  # dhash of the thumbnail picture (before its WebP encoding)
+
+
+def index_pixels(original: Path, sha256: str, thumbs_dir: Path, *, thumb_size: int, max_pixels: int) -> IndexPixels:
+    """Decode `original` once for the CLIP input, the perceptual hash and the thumbnail (written when missing).
+
+    Raises ImageRejected (naming the file) for a file that cannot be decoded; an OSError writing the thumbnail
+    propagates, so the caller can tell a full or read-only disk (`is_storage_failure`) from one bad file.
+    """
+    image = _working_pixels(original, thumb_size=thumb_size, max_pixels=max_pixels)
+    thumb = thumbnail_of(image, size=thumb_size)
+    dest = thumbnail_path(thumbs_dir, sha256)
+    if not dest.is_file():
+        write_atomic(dest, _webp(thumb, THUMB_QUALITY), tmp_dir=temp_dir(thumbs_dir))
+    return IndexPixels(image, dhash(thumb))

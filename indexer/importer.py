@@ -1,8 +1,14 @@
-"""`promptdex import`: folders of PNG/JPEG/WebP into the corpus, incrementally, decoding in parallel."""
+"""`promptdex import`: folders of PNG/JPEG/WebP into the corpus, incrementally, reading files in parallel.
+
+Import reads each file once and decodes no pixels where it can: the content hash, the header (format, size, pixel
+limit) and the metadata all come from the bytes. Pixels are decoded only where the metadata reader needs them (A1111
+"stealth" text in a PNG or WebP without text metadata) or where the container is broken (the file is kept when its
+pixels still decode, else rejected). Thumbnails, perceptual hashes and CLIP inputs come later, from the one decode
+`promptdex index` makes of each image (the API makes a missing thumbnail on first request).
+"""
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import sys
@@ -21,18 +27,16 @@ from tqdm import tqdm
 
 from indexer.images import (
     IMAGE_SUFFIXES,
+    DecodedImage,
+    ImageBytes,
     ImageRejected,
-    decode_image,
+    decode_pixels,
     file_holds,
-    is_storage_failure,
-    sweep_temp_files,
-    temp_dir,
-    thumbnail_path,
-    write_thumbnail,
+    read_image_file,
 )
 from indexer.metadata.reader import read_metadata
-from indexer.metadata.result import ReadResult
-from promptdex.errors import DatabaseError, PromptdexError
+from indexer.metadata.result import NO_METADATA, ReadResult
+from promptdex.errors import DatabaseError
 from promptdex.records import FileRecord, FileStatus, NewImage
 from promptdex.settings import Settings
 from promptdex.store import (
@@ -54,11 +58,8 @@ logger = logging.getLogger(__name__)
 Conn = psycopg.Connection[Any]
 _BATCH = 64  # files per database transaction at most
 _BATCH_SECONDS = 1.0  # ... and at most this long between commits, so a lost database is noticed at once
-_AHEAD = 4  # files decoded ahead per worker thread: after a stop, at most this many are thrown away
-
-
-class ImportStopped(PromptdexError):
-    """A problem every remaining file would hit (the thumbnails disk is full, read-only...): the import stopped."""
+_AHEAD = 4  # files in flight per worker thread on top of a whole batch (read while the previous one is stored)
+_STEALTH_SUFFIXES = (".png", ".webp")  # where read_metadata looks for A1111 stealth text in the pixels
 
 
 class _Outcome(StrEnum):
@@ -117,14 +118,6 @@ class _Prepared:
     error: str | None = None
 
 
-class _StorageFailure(Exception):
-    """A thumbnail write failed because of the disk, not the file (raised from a worker, stops the import)."""
-
-    def __init__(self, error: OSError) -> None:
-        super().__init__(error.strerror or str(error))
-        self.error = error
-
-
 def _normal(path: str | Path) -> Path:
     return Path(os.path.normpath(Path(path).expanduser().absolute()))
 
@@ -170,14 +163,9 @@ def _generation_fields(generation: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def prepare(path: Path, settings: Settings) -> _Prepared:
-    """Decode, hash, read metadata and write the thumbnail of one file (runs in a worker thread).
-
-    Raises `_StorageFailure` when the thumbnail cannot be written for a reason every file would share.
-    """
+    """Read, hash and check one file and read its metadata (runs in a worker thread); never raises."""
     try:
         return _prepare(path, settings)
-    except _StorageFailure:
-        raise
     except Exception as exc:  # noqa: BLE001 - one bad file must never stop an import; it is reported
         logger.exception("%s: unexpected failure while importing", path)
         return _Prepared(path, 0, 0.0, error=f"{path}: unexpected failure: {type(exc).__name__}: {exc}")
@@ -190,30 +178,42 @@ def _prepare(path: Path, settings: Settings) -> _Prepared:
         return _Prepared(path, 0, 0.0, error=f"{path}: cannot read the file: {exc.strerror or exc}")
     prepared = _Prepared(path, stat.st_size, stat.st_mtime)
     try:
-        decoded = decode_image(path, max_pixels=settings.indexer.max_image_pixels)
+        file = read_image_file(path, max_pixels=settings.indexer.max_image_pixels)
+        result = _metadata(file, max_pixels=settings.indexer.max_image_pixels)
     except ImageRejected as exc:
         prepared.error = str(exc)
         return prepared
-    result: ReadResult = read_metadata(path, image=decoded.image)
     prepared.warnings = list(result.warnings)
-    if result.error:  # pixels decoded but the container's metadata is broken: keep the image, report it
+    if result.error:  # the pixels decode but the container's metadata is broken: keep the image, report it
         prepared.warnings.append(result.error)
-    try:
-        write_thumbnail(decoded.image, thumbnail_path(settings.thumbs_path, decoded.sha256),
-                        size=settings.indexer.thumb_size, tmp_dir=temp_dir(settings.thumbs_path))
-    except OSError as exc:
-        if is_storage_failure(exc):
-            raise _StorageFailure(exc) from exc
-        prepared.error = f"{path}: cannot write its thumbnail: {exc.strerror or exc}"
-        return prepared
-    prepared.size, prepared.mtime = decoded.file_size, decoded.file_mtime
-    prepared.image = NewImage(
-        sha256=decoded.sha256, path=str(path), width=decoded.width, height=decoded.height, format=decoded.format,
-        file_size=decoded.file_size, file_mtime=decoded.file_mtime, params=result.params, source=result.source,
-        raw_metadata=result.raw, generation=result.generation,
-        created_at=datetime.fromtimestamp(decoded.file_mtime, tz=UTC), **_generation_fields(result.generation),
-    )
+    prepared.size, prepared.mtime = file.file_size, file.file_mtime
+    prepared.image = _new_image(file, result)
     return prepared
+
+
+def _new_image(file: ImageBytes | DecodedImage, result: ReadResult) -> NewImage:
+    """The row of a file read (or decoded) and its metadata."""
+    return NewImage(
+        sha256=file.sha256, path=str(file.path), width=file.width, height=file.height, format=file.format,
+        file_size=file.file_size, file_mtime=file.file_mtime, params=result.params, source=result.source,
+        raw_metadata=result.raw, generation=result.generation,
+        created_at=datetime.fromtimestamp(file.file_mtime, tz=UTC), **_generation_fields(result.generation),
+    )
+
+
+def _metadata(file: ImageBytes, *, max_pixels: int) -> ReadResult:
+    """The file's metadata, read from its container; its pixels are decoded only when that cannot decide.
+
+    A container the reader finds broken (truncated, a bad CRC...) is decoded: when its pixels decode the image is
+    kept and the problem is a warning, else the file is rejected with Pillow's reason (ImageRejected). A PNG or
+    WebP without text metadata is decoded for the A1111 stealth text its pixels may hide.
+    """
+    result = read_metadata(file.path, image=file.header, stealth=False)
+    stealth = result.software == NO_METADATA and file.path.suffix.lower() in _STEALTH_SUFFIXES
+    if result.error is None and not stealth:
+        return result
+    pixels = decode_pixels(file.data, file.path, max_pixels=max_pixels)
+    return result if result.error is not None else read_metadata(file.path, image=pixels)
 
 
 def _in_order(pool: ThreadPoolExecutor, todo: Sequence[Path], work: Callable[[Path], _Prepared],
@@ -244,7 +244,7 @@ def import_paths(conn: Conn, settings: Settings, paths: Sequence[str | Path], *,
 
     Each batch of files is committed on its own, so an interrupted import keeps what it finished. What no file
     could escape stops the import at once: a lost database raises DatabaseError (naming `database`, by default
-    the connection's database), a full or read-only thumbnails disk raises ImportStopped.
+    the connection's database). Import writes no thumbnails (see the module's docstring).
     """
     started = time.monotonic()
     where = database or f"PostgreSQL database {conn.info.dbname!r}"
@@ -252,7 +252,6 @@ def import_paths(conn: Conn, settings: Settings, paths: Sequence[str | Path], *,
     files, problems = scan(paths)
     summary.errors.extend(problems)
     summary.files = len(files)
-    sweep_temp_files(temp_dir(settings.thumbs_path))
     stored = 0
     todo: list[Path] = []
     try:
@@ -263,29 +262,23 @@ def import_paths(conn: Conn, settings: Settings, paths: Sequence[str | Path], *,
         try:
             batch: list[_Prepared] = []
             since = time.monotonic()
-            try:
-                for item in _in_order(pool, todo, lambda p: prepare(p, settings), threads * _AHEAD):
-                    batch.append(item)
-                    if len(batch) >= _BATCH or time.monotonic() - since >= _BATCH_SECONDS:
-                        _store_batch(conn, batch, records, summary)
-                        stored += len(batch)
-                        bar.update(len(batch))
-                        batch, since = [], time.monotonic()
-            except _StorageFailure:
-                _store_batch(conn, batch, records, summary)  # the files finished before the disk filled are kept
-                stored += len(batch)
-                raise
+            ahead = _BATCH + threads * _AHEAD  # a whole batch is read while the one before it is stored
+            for item in _in_order(pool, todo, lambda p: prepare(p, settings), ahead):
+                batch.append(item)
+                if len(batch) >= _BATCH or time.monotonic() - since >= _BATCH_SECONDS:
+                    _store_batch(conn, batch, records, summary)
+                    stored += len(batch)
+                    bar.update(len(batch))
+                    batch, since = [], time.monotonic()
             if batch:
                 _store_batch(conn, batch, records, summary)
                 stored += len(batch)
                 bar.update(len(batch))
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)  # files in flight finish or clean up their temp files
+            pool.shutdown(wait=True, cancel_futures=True)  # files in flight finish, the rest never start
             bar.close()
         if prune:
             _prune(conn, [str(_normal(p)) for p in paths], summary)
-    except _StorageFailure as exc:
-        raise ImportStopped(_storage_message(exc.error, settings, stored, len(todo))) from exc.error
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         raise DatabaseError(_database_message(exc, where, stored, len(todo))) from exc
     summary.seconds = time.monotonic() - started
@@ -406,24 +399,6 @@ def _prune(conn: Conn, roots: list[str], summary: ImportSummary) -> None:
             gone_roots.update(r for r in roots if path == r or path.startswith(r.rstrip("/") + "/"))
     # a named folder or file that is gone on purpose is what --prune is for, not an error
     summary.errors = [(p, e) for p, e in summary.errors if p not in gone_roots or os.path.exists(p)]
-
-
-_STORAGE_ADVICE = {
-    errno.ENOSPC: ("the disk is full", "free space there"),
-    errno.EDQUOT: ("the disk quota is used up", "free space there or raise the quota"),
-    errno.EROFS: ("it is on a read-only file system", "mount it writable"),
-    errno.EACCES: ("this user may not write there", "give this user write permission on it"),
-    errno.EPERM: ("this user may not write there", "give this user write permission on it"),
-    errno.EIO: ("the disk reports input/output errors", "check the disk"),
-}
-
-
-def _storage_message(error: OSError, settings: Settings, stored: int, total: int) -> str:
-    what, advice = _STORAGE_ADVICE.get(error.errno or 0, (error.strerror or str(error), "fix it"))
-    return (f"{settings.thumbs_path}: cannot write thumbnails: {what} ({error.strerror}); the import stopped after "
-            f"storing {stored} of {total} new or changed files. {advice[0].upper()}{advice[1:]}, or set "
-            "PROMPTDEX_THUMBS_DIR to a folder on another disk, then run the same import again: what was stored "
-            "is kept and skipped")
 
 
 def _database_message(exc: psycopg.Error, where: str, stored: int, total: int) -> str:

@@ -1,5 +1,9 @@
 """`promptdex index`: embed what is not embedded yet, update the FAISS bundles and the keyword index, resumably.
 
+Each image file is decoded once, reduced (a JPEG at 1/2-1/8 scale), for its CLIP input, its perceptual hash and its
+thumbnail, which is written here when the API has not made it yet (import decodes no pixels). A full or read-only
+thumbnails disk stops the run at once (IndexStopped); a file that cannot be decoded is reported and skipped.
+
 Crash safety: a bundle is saved atomically first, then the ids it gained are recorded in `index_entries` in one
 transaction. On start, what interrupted saves left is swept, every bundle is checked against its checksum (a
 damaged one stops the run before any work, naming the file and `--rebuild`), and the bundle on disk and
@@ -31,7 +35,16 @@ from tqdm import tqdm
 
 from indexer.bundles import MANIFEST, Bundle, Verify, read_manifest, sweep, verify_bundle
 from indexer.embedders import Embedder, Embedders, Vectors
-from indexer.images import ImageRejected, dhash, ensure_thumbnail, image_file, load_for_embedding
+from indexer.images import (
+    ImageRejected,
+    IndexPixels,
+    image_file,
+    index_pixels,
+    is_storage_failure,
+    storage_problem,
+    sweep_temp_files,
+    temp_dir,
+)
 from indexer.keyword.base import KeywordIndex, rows
 from promptdex.errors import IndexCorrupt, IndexMismatch, PromptdexError
 from promptdex.index_state import indexed_ids, record_indexed, replace_indexed, upsert_bundle
@@ -43,6 +56,10 @@ Conn = psycopg.Connection[Any]
 IMAGE_BUNDLE = "clip-image"
 PROMPT_BUNDLE = "prompt-text"
 _LOCK = 0x70646978  # pg_advisory_lock key: one `promptdex index` per database at a time
+
+
+class IndexStopped(PromptdexError):
+    """A problem every remaining image would hit (the thumbnails disk is full, read-only...): the run stopped."""
 
 
 @dataclass(frozen=True)
@@ -154,31 +171,44 @@ def count_pending(conn: Conn, spec: BundleSpec) -> int:
     return int(found[0]["n"]) if found else 0
 
 
+def _stopped(settings: Settings, exc: OSError) -> IndexStopped:
+    what, advice = storage_problem(exc)
+    return IndexStopped(
+        f"{settings.thumbs_path}: cannot write thumbnails: {what} ({exc.strerror or exc}); `promptdex index` stopped "
+        f"and keeps the vectors it saved. {advice}, or set PROMPTDEX_THUMBS_DIR to a folder on another disk, then run "
+        "`promptdex index` again: it carries on where it stopped")
+
+
+def _load(item: dict[str, Any], settings: Settings) -> IndexPixels | ImageRejected:
+    """The one decode of an image row's file (its thumbnail written on the way), or why it cannot be had."""
+    original = image_file(item["path"], settings.images_path)
+    try:
+        return index_pixels(original, item["sha256"], settings.thumbs_path, thumb_size=settings.indexer.thumb_size,
+                            max_pixels=settings.indexer.max_image_pixels)
+    except ImageRejected as exc:
+        return exc
+    except OSError as exc:  # writing the thumbnail failed
+        if is_storage_failure(exc):
+            raise _stopped(settings, exc) from exc
+        return ImageRejected(f"{original}: cannot write its thumbnail: {exc.strerror or exc}")
+
+
 def _embed(spec: BundleSpec, items: list[dict[str, Any]], embedder: Embedder, settings: Settings,
            pool: ThreadPoolExecutor, report: BundleReport) -> tuple[list[int], Vectors, list[int]]:
     """(ids, vectors, perceptual hashes) of the items that could be embedded (hashes only for images)."""
     if spec.kind == "text":
         return [int(r["id"]) for r in items], embedder.embed_text([str(r["text"]) for r in items]), []
-
-    def load(item: dict[str, Any]) -> Any:
-        try:
-            original = image_file(item["path"], settings.images_path)
-            ensure_thumbnail(settings.thumbs_path, item["sha256"], original, size=settings.indexer.thumb_size,
-                             max_pixels=settings.indexer.max_image_pixels)
-            return load_for_embedding(settings.thumbs_path, item["sha256"], original)
-        except ImageRejected as exc:
-            return exc
-
-    ids, images = [], []
-    for item, image in zip(items, pool.map(load, items), strict=True):
-        if isinstance(image, ImageRejected):
-            report.skipped.append((int(item["id"]), str(image)))
-            logger.warning("image %s: %s", item["id"], image)
+    ids, loaded = [], []
+    for item, pixels in zip(items, pool.map(lambda item: _load(item, settings), items), strict=True):
+        if isinstance(pixels, ImageRejected):
+            report.skipped.append((int(item["id"]), str(pixels)))
+            logger.warning("image %s: %s", item["id"], pixels)
         else:
             ids.append(int(item["id"]))
-            images.append(image)
+            loaded.append(pixels)
+    images = [p.clip_input for p in loaded]
     vectors = embedder.embed_images(images) if images else np.zeros((0, embedder.dim), np.float32)
-    return ids, vectors, [dhash(image) for image in images]
+    return ids, vectors, [p.phash for p in loaded]
 
 
 def _store_phashes(conn: Conn, ids: list[int], hashes: list[int]) -> None:
@@ -224,6 +254,8 @@ def _add_rows(conn: Conn, settings: Settings, spec: BundleSpec, embedder: Embedd
             ids, vectors, hashes = _embed(spec, items, embedder, settings, pool, report)
             _store_phashes(conn, ids, hashes)
             bundle.add(vectors, ids, exact_threshold=s.exact_threshold, approx_factory=s.approx_factory)
+            if ids:
+                bundle.manifest.note_runtime(getattr(embedder, "runtime", ""))  # for the record: either serves it
             unsaved += ids
             report.added += len(ids)
             bar.update(len(items))
@@ -293,6 +325,7 @@ def run_index(conn: Conn, settings: Settings, embedders: Embedders | Callable[[]
         raise PromptdexError("another `promptdex index` is running on this database; wait for it to finish")
     try:
         report = IndexReport(keyword_backend=keyword.backend)
+        sweep_temp_files(temp_dir(settings.thumbs_path))  # thumbnails half-written by a killed run
         for spec in SPECS:
             sweep(settings.indexes_path / spec.name)
             if not rebuild:

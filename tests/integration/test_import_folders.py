@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from indexer.images import thumbnail_path
+from indexer.images import ensure_thumbnail, thumbnail_path
 from indexer.importer import import_paths
 from indexer.metadata.containers import read_text_chunks
 from promptdex.store import count_images, filter_images, get_image, get_image_by_sha256, get_images
@@ -66,8 +66,11 @@ def test_fixture_folders_import_once_then_nothing(settings: Any, conn: Any) -> N
     empty = rows(conn, "SELECT i.*, i.prompt_id FROM images i WHERE path LIKE %s", "%sd-metadata/png/empty.png")[0]
     assert empty["source"] == "none" and empty["prompt_id"] is None and empty["steps"] is None
     thumb = thumbnail_path(settings.thumbs_path, row["sha256"])
-    with Image.open(thumb) as t:
-        assert t.format == "WEBP" and max(t.size) == settings.indexer.thumb_size
+    assert not thumb.exists()  # import decodes no pixels; the thumbnail is made when first asked for (or indexed)
+    made = ensure_thumbnail(settings.thumbs_path, row["sha256"], comfy, size=settings.indexer.thumb_size,
+                            max_pixels=settings.indexer.max_image_pixels)
+    with Image.open(made) as t:
+        assert made == thumb and t.format == "WEBP" and max(t.size) == settings.indexer.thumb_size
 
 
 def test_duplicates_changes_and_paths(settings: Any, conn: Any, tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import colorsys
+import errno
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +14,13 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from indexer import images as images_module
 from indexer.bundles import MANIFEST, Bundle, read_manifest
 from indexer.embedders import ClipEmbedder, Embedders, load_clip
 from indexer.embedders.clip import TINY_CLIP_NAME
-from indexer.images import load_for_embedding
+from indexer.images import index_pixels, thumbnail_path
 from indexer.importer import import_paths
-from indexer.indexing import IMAGE_BUNDLE, PROMPT_BUNDLE, index_status, run_index
+from indexer.indexing import IMAGE_BUNDLE, PROMPT_BUNDLE, IndexStopped, index_status, run_index
 from indexer.keyword import PostgresKeywordIndex
 from indexer.service import IndexerService
 from promptdex.errors import IndexCorrupt, IndexMismatch, PromptdexError
@@ -92,12 +95,61 @@ def test_index_builds_everything_then_only_adds_new_items(setup: dict[str, Any],
     assert_complete(s)
 
 
+def assert_every_image_has_its_thumbnail(s: dict[str, Any]) -> None:
+    settings = s["settings"]
+    for row in s["conn"].execute("SELECT sha256, width, height FROM images").fetchall():
+        with Image.open(thumbnail_path(settings.thumbs_path, row["sha256"])) as thumb:
+            thumb.load()  # a complete WebP, not a truncated one
+            assert thumb.format == "WEBP" and thumb.size == (row["width"], row["height"])  # 48x32: never enlarged
+    assert [p for p in settings.thumbs_path.rglob("*.tmp") if p.is_file()] == []
+
+
+def test_index_makes_the_thumbnails_import_left_out(setup: dict[str, Any]) -> None:
+    """Import decodes no pixels; the index's one decode of each image writes its thumbnail."""
+    s = setup
+    assert not list(s["settings"].thumbs_path.rglob("*.webp"))
+    run(s)
+    assert_every_image_has_its_thumbnail(s)
+
+
+def test_a_full_thumbnails_disk_stops_the_index_at_once_and_the_next_run_finishes(
+        setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file-writing seam fails as a full disk does after 20 thumbnails (a tmpfs needs mount rights)."""
+    s = setup
+    thumbs = s["settings"].thumbs_path
+    written = {"n": 0}
+    real_write = images_module._write_all
+
+    def full_after_20(file: Any, data: bytes) -> None:
+        written["n"] += 1
+        if written["n"] > 20:
+            real_write(file, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write(file, data)
+
+    monkeypatch.setattr(images_module, "_write_all", full_after_20)
+    with pytest.raises(IndexStopped) as stopped:
+        run(s)
+    message = str(stopped.value)
+    assert message.startswith(f"{thumbs}: cannot write thumbnails: the disk is full"), message
+    assert "PROMPTDEX_THUMBS_DIR" in message and "`promptdex index` again" in message
+    assert written["n"] < 40  # stopped at once, not after trying every image
+    assert [p for p in thumbs.rglob("*.tmp") if p.is_file()] == []
+    saved = recorded(s["conn"], IMAGE_BUNDLE)
+    assert 0 < len(saved) < 40
+    monkeypatch.setattr(images_module, "_write_all", real_write)
+    assert run(s).bundles[0].added == 40 - len(saved)
+    assert_complete(s)
+    assert_every_image_has_its_thumbnail(s)
+
+
 def test_service_searches_what_the_index_wrote(setup: dict[str, Any]) -> None:
     s = setup
     run(s)
     service = IndexerService(s["settings"], s["embedders"], s["keyword"], mmap=True, check_every=0)
     row = s["conn"].execute("SELECT id, sha256, path FROM images ORDER BY id LIMIT 1 OFFSET 7").fetchone()
-    picture = load_for_embedding(s["settings"].thumbs_path, row["sha256"], Path(row["path"]))
+    picture = index_pixels(Path(row["path"]), row["sha256"], s["settings"].thumbs_path,
+                           thumb_size=s["settings"].indexer.thumb_size, max_pixels=10**6).clip_input
     ids, scores = service.search_images(service.embed_images([picture])[0], 3)
     assert ids[0] == row["id"] and scores[0] == pytest.approx(1.0, abs=1e-4)
     assert len(service.search_images(service.embed_text(["a red fox"])[0], 5)[0]) == 5
