@@ -35,13 +35,15 @@ def server_env(data_dir: Path, extra: dict[str, str] | None = None) -> dict[str,
 class Server:
     """`python -m promptdex serve` on a loopback port, started and stopped by the benchmark."""
 
-    def __init__(self, data_dir: Path, port: int, log_path: Path) -> None:
+    def __init__(self, data_dir: Path, port: int, log_path: Path, *, runtime: str = "auto") -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
+        self.runtime = runtime
         self._log = log_path.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "promptdex", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=server_env(data_dir), stdout=self._log, stderr=subprocess.STDOUT, cwd=Path(__file__).parent.parent)
+            env=server_env(data_dir, {"PROMPTDEX_INDEXER__RUNTIME": runtime}), stdout=self._log,
+            stderr=subprocess.STDOUT, cwd=Path(__file__).parent.parent)
 
     def wait_ready(self, timeout: float = 600) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -81,14 +83,17 @@ def _system_cpu() -> float:
 
 
 def load_test(server: Server, postgres_pid: int | None, queries_file: Path, out_dir: Path, *, clients: int,
-              duration: float, mode: str = "hybrid") -> dict[str, Any]:
-    """Run the load generator as a separate process; CPU of server, PostgreSQL, client and the rest of the
-    machine over the same window."""
-    result_file = out_dir / f"loadgen-{mode}.json"
+              duration: float, mode: str = "hybrid", rate: float = 0.0, name: str = "") -> dict[str, Any]:
+    """Run the load generator as a separate process (closed loop of `clients`, or open loop at `rate` requests/s);
+    CPU of server, PostgreSQL, client and the rest of the machine over the same window; the API's query cache and
+    batch counters over the window."""
+    result_file = out_dir / f"loadgen-{mode}-{server.runtime}-{name or 'load'}.json"
     cmd = [sys.executable, "-m", "bench.loadgen", "--url", f"{server.url}/api/search?mode={mode}",
            "--queries", str(queries_file), "--clients", str(clients), "--duration", str(duration),
-           "--out", str(result_file)]
-    log(f"{mode} load test: {clients} clients for {duration:.0f} s")
+           "--rate", str(rate), "--out", str(result_file)]
+    what = f"open loop at {rate:g} req/s" if rate > 0 else f"{clients} clients"
+    log(f"{mode} load test ({server.runtime}, {name or 'load'}): {what} for {duration:.0f} s")
+    models0 = server.get("/api/health")[1]["models"]
     server_cpu0, pg_cpu0, sys_cpu0 = tree_cpu(server.proc.pid), tree_cpu(postgres_pid), _system_cpu()
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=Path(__file__).parent.parent)
@@ -96,6 +101,15 @@ def load_test(server: Server, postgres_pid: int | None, queries_file: Path, out_
     server_cpu, pg_cpu = tree_cpu(server.proc.pid) - server_cpu0, tree_cpu(postgres_pid) - pg_cpu0
     sys_cpu = _system_cpu() - sys_cpu0
     result = json.loads(result_file.read_text())
+    models1 = server.get("/api/health")[1]["models"]
+    result["cache"] = _delta(models0.get("query_cache", {}), models1.get("query_cache", {}), ("hits", "misses"))
+    asked = result["cache"].get("hits", 0) + result["cache"].get("misses", 0)
+    result["cache"]["hit_rate"] = round(result["cache"].get("hits", 0) / asked, 4) if asked else None
+    result["batches"] = {
+        name: _delta(models0.get("query_batches", {}).get(name, {}), b, ("batches", "queries"))
+        for name, b in models1.get("query_batches", {}).items()}
+    for b in result["batches"].values():
+        b["per_call"] = round(b["queries"] / b["batches"], 2) if b.get("batches") else None
     n = max(1, result["requests"])
     client_cpu = result["client_cpu_s"]
     other = max(0.0, sys_cpu - server_cpu - pg_cpu - client_cpu)
@@ -112,6 +126,10 @@ def load_test(server: Server, postgres_pid: int | None, queries_file: Path, out_
         f"cpu/req api {result['cpu']['api_ms_per_request']} pg {result['cpu']['postgres_ms_per_request']} "
         f"client {result['cpu']['client_ms_per_request']} ms, other processes {other:.1f} s")
     return result
+
+
+def _delta(before: dict[str, Any], after: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: int(after.get(k, 0) or 0) - int(before.get(k, 0) or 0) for k in keys}
 
 
 def sequential(server: Server, queries: list[str], mode: str = "hybrid") -> dict[str, Any]:

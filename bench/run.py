@@ -29,6 +29,25 @@ from bench.common import Results, log, machine, timed
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO.parent / "shared" / "fixtures" / "metadata"
 PROFILE_QUERIES = 300  # hybrid queries profiled one at a time in-process (bench.profile_hybrid --n)
+ZIPF_S = 1.0  # exponent of the query log's popularity (web search logs are close to 1)
+
+
+def _zipf_log(corpus: synth.Corpus, exclude: set[str], seed: int, distinct: int = 5000,
+              length: int = 30000) -> tuple[list[str], int]:
+    """A query log where real search traffic's repeats show: `distinct` queries none of the other loads send,
+    drawn `length` times with Zipf popularity (the k-th most popular in proportion to 1/k**ZIPF_S)."""
+    pool: list[str] = []
+    taken = set(exclude)
+    for n in (1, 2, 3):
+        for q in synth.keyword_queries(corpus, n, distinct, seed=202 + n):
+            if q not in taken:
+                taken.add(q)
+                pool.append(q)
+    pool = pool[:distinct]
+    rng = np.random.default_rng([seed, 303])
+    weights = 1.0 / np.arange(1, len(pool) + 1) ** ZIPF_S
+    picks = rng.choice(len(pool), size=length, p=weights / weights.sum())
+    return [pool[i] for i in picks], len(pool)
 
 
 def _prepare_env(data_dir: Path) -> None:
@@ -76,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-queries", type=int, default=1000,
                         help="queries for each baseline (exact kNN; ILIKE scan per 1/2/4-word group; one-client HTTP)")
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--open-rate", type=float, default=50.0, help="requests/s of the open-loop load test")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of the HTTP load test")
     parser.add_argument("--import-files", type=int, default=2000)
     parser.add_argument("--port", type=int, default=8765)
@@ -190,50 +210,70 @@ def main(argv: list[str] | None = None) -> int:
     with timed("keyword"):
         results.put("keyword", keyword.run(pool, groups, common, args.baseline_queries))
 
-    # 7. hybrid over HTTP -------------------------------------------------------------------------------------
+    # 7. hybrid over HTTP: before (torch, as before issue 15) and after (the default: ONNX Runtime on the CPU) ------
     http_queries = []
     seen: set[str] = set()
     for n in (1, 2, 3, 4):
-        for q in synth.keyword_queries(corpus, n, 4000, seed=101):
+        for q in synth.keyword_queries(corpus, n, 6000, seed=101):
             if q not in seen:
                 seen.add(q)
                 http_queries.append(q)
     np.random.default_rng(5).shuffle(http_queries)
     n_seq = max(PROFILE_QUERIES, args.baseline_queries)  # the profile reads the first PROFILE_QUERIES
     warm, profile_q, load_q = http_queries[:50], http_queries[50:50 + n_seq], http_queries[50 + n_seq:]
-    (out / "queries-load.json").write_text(json.dumps(load_q))
+    closed_q, open_q = load_q[: len(load_q) // 2], load_q[len(load_q) // 2:]  # disjoint: no cache hits across
+    zipf_log, zipf_pool = _zipf_log(corpus, seen, args.seed)
+    files = {"closed": out / "queries-load.json", "open": out / "queries-open.json", "zipf": out / "queries-zipf.json"}
+    files["closed"].write_text(json.dumps(closed_q))
+    files["open"].write_text(json.dumps(open_q))
+    files["zipf"].write_text(json.dumps(zipf_log))
     (out / "queries-profile.json").write_text(json.dumps(profile_q))
-    server = hybrid.Server(data_dir, args.port, out / "api.log")
-    try:
-        with timed("API start"):
+    with timed("ONNX export of the query and image encoders (once; cached in the models dir)") as t:
+        subprocess.run([sys.executable, "-c", "from indexer.embedders import load_embedders; "
+                        "from promptdex.settings import get_settings; load_embedders(get_settings())"],
+                       check=True, cwd=REPO, env=hybrid.server_env(data_dir, {"PROMPTDEX_INDEXER__RUNTIME": "onnx"}))
+    results.put("onnx_export", {"seconds": round(t["seconds"], 1)})
+    for runtime, key in (("torch", "http_before"), ("auto", "http")):
+        server = hybrid.Server(data_dir, args.port, out / f"api-{runtime}.log", runtime=runtime)
+        try:
+            t0 = time.perf_counter()
             health = server.wait_ready()
-        start_mem = hybrid.api_memory(server)
-        for q in warm:
-            server.get(f"/api/search?q={quote(q)}")
-        http: dict[str, Any] = {"health": health, "memory_after_start": start_mem}
-        http["sequential"] = hybrid.sequential(server, profile_q)
-        results.put("http", http)
-        with timed("profile"):
-            prof_out = out / "profile.json"
-            subprocess.run([sys.executable, "-m", "bench.profile_hybrid", "--queries",
-                            str(out / "queries-profile.json"), "--out", str(prof_out), "--n", str(PROFILE_QUERIES)],
-                           check=True, cwd=REPO, env=hybrid.server_env(data_dir))
-            http["profile"] = json.loads(prof_out.read_text())
-        results.put("http", http)
-        http["load"] = hybrid.load_test(server, pg_pid, out / "queries-load.json", out, clients=args.clients,
-                                        duration=args.duration)
-        http["memory_after_load"] = hybrid.api_memory(server)
-        _, health_after = server.get("/api/health")
-        http["cache"] = health_after["models"].get("query_cache", {})
-        http["batches"] = health_after["models"].get("query_batches", {})
-        results.put("http", http)
-    finally:
-        server.stop()
-    with timed("memory floor"):
-        floor_out = out / "memory-floor.json"
-        subprocess.run([sys.executable, "-m", "bench.memfloor", "--out", str(floor_out)], check=True, cwd=REPO,
-                       env=hybrid.server_env(data_dir))
-        results.put("memory_floor", json.loads(floor_out.read_text()))
+            http: dict[str, Any] = {"runtime": runtime, "start_s": round(time.perf_counter() - t0, 1),
+                                    "health": health, "memory_after_start": hybrid.api_memory(server)}
+            for q in warm:
+                server.get(f"/api/search?q={quote(q)}")
+            http["sequential"] = hybrid.sequential(server, profile_q)
+            results.put(key, http)
+            with timed(f"profile ({runtime})"):
+                prof_out = out / f"profile-{runtime}.json"
+                compute = [] if health["models"]["runtime"]["clip"] == "torch" else ["--no-compute"]
+                subprocess.run([sys.executable, "-m", "bench.profile_hybrid", "--queries",
+                                str(out / "queries-profile.json"), "--out", str(prof_out), "--n",
+                                str(PROFILE_QUERIES), *compute], check=True, cwd=REPO,
+                               env=hybrid.server_env(data_dir, {"PROMPTDEX_INDEXER__RUNTIME": runtime}))
+                http["profile"] = json.loads(prof_out.read_text())
+            results.put(key, http)
+            http["load"] = hybrid.load_test(server, pg_pid, files["closed"], out, clients=args.clients,
+                                            duration=args.duration, name="distinct")
+            if key == "http":
+                http["load_zipf"] = hybrid.load_test(server, pg_pid, files["zipf"], out, clients=args.clients,
+                                                     duration=args.duration, name="zipf")
+                http["load_zipf"]["log"] = {"length": len(zipf_log), "distinct": zipf_pool, "exponent": ZIPF_S}
+                http["open_loop"] = hybrid.load_test(server, pg_pid, files["open"], out, clients=args.clients,
+                                                     duration=args.duration, rate=args.open_rate, name="open")
+            http["memory_after_load"] = hybrid.api_memory(server)
+            _, health_after = server.get("/api/health")
+            http["cache"] = health_after["models"].get("query_cache", {})
+            http["batches"] = health_after["models"].get("query_batches", {})
+            http["runtimes"] = health_after["models"].get("runtime", {})
+            results.put(key, http)
+        finally:
+            server.stop()
+        with timed(f"memory floor ({runtime})"):
+            floor_out = out / f"memory-floor-{runtime}.json"
+            subprocess.run([sys.executable, "-m", "bench.memfloor", "--out", str(floor_out)], check=True, cwd=REPO,
+                           env=hybrid.server_env(data_dir, {"PROMPTDEX_INDEXER__RUNTIME": runtime}))
+            results.put("memory_floor" if key == "http" else "memory_floor_before", json.loads(floor_out.read_text()))
 
     # 8. import and embedding throughput --------------------------------------------------------------------
     from psycopg import sql as pgsql
@@ -256,8 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(folder, ignore_errors=True)
     shutil.rmtree(out / "import-thumbs", ignore_errors=True)
     with timed("CLIP image embedding"):
-        clip = ingest.clip_throughput(settings.models_path)
-    results.put("ingest", {"import": {**made, **imported}, "clip_image_embedding": clip})
+        clip = ingest.clip_throughput(settings.models_path, runtime="torch")
+        clip_onnx = ingest.clip_throughput(settings.models_path, runtime="onnx", onnx_dir=settings.onnx_path)
+    results.put("ingest", {"import": {**made, **imported}, "clip_image_embedding": clip,
+                           "clip_image_embedding_onnx": clip_onnx})
 
     pool.close()
     database.close()
