@@ -34,6 +34,6 @@ bench: install  ## about 9 minutes on 2 cores: 100,000 images
 	$(PY) -m bench.run --images 100000 --prompts 30000 --out bench/results/quick
 	$(PY) -m bench.report bench/results/quick/results.json --out bench/results/quick/BENCHMARKS.md
 
-bench-full: install  ## about 25 minutes on 2 cores: 1,000,000 images over 300,000 prompts
+bench-full: install  ## about 40 minutes on 2 cores: 1,000,000 images over 300,000 prompts
 	$(PY) -m bench.run --images 1000000 --prompts 300000 --out bench/results/full
 	$(PY) -m bench.report bench/results/full/results.json --out BENCHMARKS.md

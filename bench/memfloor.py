@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from promptdex.settings import get_settings
 
     settings = get_settings()
-    embedders = load_embedders(settings, threads=1)  # as the API loads them
+    embedders = load_embedders(settings, threads=1, queries=True)  # as the API loads them
     runtime = embedders.clip.runtime
     mark("load the query models (CLIP ViT-B-32 text and vision towers, MiniLM)" if runtime == "torch" else
          "load the query models (ONNX Runtime: CLIP ViT-B-32 text tower, MiniLM; torch models dropped)")

@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "queries-profile.json").write_text(json.dumps(profile_q))
     with timed("ONNX export of the query and image encoders (once; cached in the models dir)") as t:
         subprocess.run([sys.executable, "-c", "from indexer.embedders import load_embedders; "
-                        "from promptdex.settings import get_settings; load_embedders(get_settings())"],
+                        "from promptdex.settings import get_settings; load_embedders(get_settings(), queries=True)"],
                        check=True, cwd=REPO, env=hybrid.server_env(data_dir, {"PROMPTDEX_INDEXER__RUNTIME": "onnx"}))
     results.put("onnx_export", {"seconds": round(t["seconds"], 1)})
     for runtime, key in (("torch", "http_before"), ("auto", "http")):

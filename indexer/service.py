@@ -148,8 +148,8 @@ class IndexerService:
         back end. `threads` > 0 caps the threads of each model call and FAISS search (the API runs many at once)."""
         if threads > 0:
             set_search_threads(threads)
-        return cls(settings, load_embedders(settings, threads=threads), open_keyword_index(settings, connect),
-                   mmap=mmap)
+        embedders = load_embedders(settings, threads=threads, queries=True)
+        return cls(settings, embedders, open_keyword_index(settings, connect), mmap=mmap)
 
     def embed_text(self, texts: Sequence[str]) -> Vectors:
         """CLIP text vectors (for searching images by text); the padding after the last token is not computed."""

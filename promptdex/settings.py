@@ -77,8 +77,9 @@ class IndexerSettings(BaseModel):
     text_model: str = Field("all-MiniLM-L6-v2", description="sentence-transformers model for prompt vectors.")
     device: str = Field("auto", description="Device for the embedders.")
     runtime: Runtime = Field(
-        Runtime.AUTO, description="What runs the encoders: auto (ONNX Runtime on the CPU when installed, else "
-        "torch; torch on a GPU), torch or onnx. Not part of a model's identity: bundles serve under either.")
+        Runtime.AUTO, description="What runs the encoders: auto (on the CPU, ONNX Runtime for the API's queries and "
+        "the prompt model when installed, torch for `index`'s batched image tower; torch on a GPU), torch or onnx. "
+        "Not part of a model's identity: bundles serve under either.")
     onnx_dir: Path | None = Field(
         None, description="Where encoders exported to ONNX are cached (default MODELS_DIR/onnx).")
     query_cache: int = Field(4096, ge=0, description="Query vectors the API keeps (LRU, per model; 0: none).")

@@ -44,11 +44,17 @@ def _runtime(settings: Settings, threads: int) -> dict[str, object]:
             "strict": s.runtime == Runtime.ONNX}
 
 
-def clip_from_settings(settings: Settings, *, threads: int = 0) -> CLIPEmbedder:
+def clip_from_settings(settings: Settings, *, threads: int = 0, queries: bool = False) -> CLIPEmbedder:
     """The CLIP embedder the settings ask for; PROMPTDEX_MODELS=tiny gives the tiny random one (offline).
-    `threads`: per model call (0: every core; the API asks for 1, as it runs requests in parallel)."""
+    `threads`: per model call (0: every core; the API asks for 1, as it runs requests in parallel).
+
+    `queries`: for the API (text queries, one uploaded image at a time), where ONNX Runtime is faster. Otherwise
+    (`promptdex index`: images in batches of BATCH_SIZE) RUNTIME=auto means torch, whose batched image tower is
+    faster on a CPU (BENCHMARKS.md, image embedding); RUNTIME=onnx still forces ONNX Runtime."""
     s = settings.indexer
     runtime = _runtime(settings, threads)
+    if s.runtime == Runtime.AUTO and not queries:
+        runtime["runtime"] = "torch"
     if settings.models == ModelsMode.TINY:
         checkpoint = build_tiny_clip(settings.models_path)
         return load_clip(TINY_CLIP_NAME, str(checkpoint), device=s.device, batch_size=s.batch_size,
@@ -64,7 +70,8 @@ def prompt_embedder_from_settings(settings: Settings, *, threads: int = 0) -> Se
                                   **_runtime(settings, threads))  # type: ignore[arg-type]
 
 
-def load_embedders(settings: Settings, *, threads: int = 0) -> Embedders:
-    """Both embedders on the runtime PROMPTDEX_INDEXER__RUNTIME names (exported to ONNX on first use)."""
-    return Embedders(clip=clip_from_settings(settings, threads=threads),
+def load_embedders(settings: Settings, *, threads: int = 0, queries: bool = False) -> Embedders:
+    """Both embedders on the runtime PROMPTDEX_INDEXER__RUNTIME names (exported to ONNX on first use); `queries`:
+    for the API (see `clip_from_settings`)."""
+    return Embedders(clip=clip_from_settings(settings, threads=threads, queries=queries),
                      prompt=prompt_embedder_from_settings(settings, threads=threads))

@@ -157,10 +157,15 @@ def test_the_runtime_setting_switches_both_embedders_and_keeps_their_identity(tm
     loaded = {}
     for runtime in ("torch", "onnx", "auto"):
         settings = get_settings(data_dir=tmp_path / "data", models="tiny", indexer={"runtime": runtime})
-        loaded[runtime] = load_embedders(settings)
+        loaded[runtime] = load_embedders(settings, queries=True)
     assert {loaded["torch"].clip.runtime, loaded["torch"].prompt.runtime} == {"torch"}
     assert {loaded["onnx"].clip.runtime, loaded["onnx"].prompt.runtime} == {"onnx"}
-    assert {loaded["auto"].clip.runtime, loaded["auto"].prompt.runtime} == {"onnx"}
+    assert {loaded["auto"].clip.runtime, loaded["auto"].prompt.runtime} == {"onnx"}  # the API's queries
+    # `promptdex index` embeds images in batches, faster on torch: auto keeps CLIP there; onnx still forces it
+    indexing = load_embedders(get_settings(data_dir=tmp_path / "data", models="tiny"))
+    assert (indexing.clip.runtime, indexing.prompt.runtime) == ("torch", "onnx")
+    forced = load_embedders(get_settings(data_dir=tmp_path / "data", models="tiny", indexer={"runtime": "onnx"}))
+    assert forced.clip.runtime == "onnx"
     for kind in ("clip", "prompt"):  # the runtime is not part of the model's identity: bundles serve under either
         assert getattr(loaded["torch"], kind).model_id == getattr(loaded["onnx"], kind).model_id
     texts = ["a red fox in the snow", "Cyberpunk city, neon"]
