@@ -115,6 +115,7 @@ def golden(pg_server_url: str) -> Iterator[Golden]:
             accounts.add_user(conn, name="root", role=accounts.Role.ADMIN, password="root-password")
             token = accounts.create_token(conn, name="root")[1]
         before_index = _copy_database(pg_server_url, name)
+        (work / "data").mkdir(exist_ok=True)  # import writes no thumbnails (index makes them): maybe nothing yet
         shutil.copytree(work / "data", root / "data-imported")
         indexed = run_cli("index", "--no-progress", cwd=work, env=env)
         assert indexed.returncode == 0, indexed.stderr
