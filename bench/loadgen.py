@@ -28,6 +28,36 @@ class _Stats:
         self.bytes = 0
 
 
+def _target(url: str) -> tuple[str, int, str, str]:
+    """(host, port, path, extra query) of the URL to load; loopback only."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise SystemExit(f"loopback only: {host}")
+    return host, port, parts.path or "/api/search", f"&{parts.query}" if parts.query else ""
+
+
+def _summary(stats: _Stats, wall: float, usage0: resource.struct_rusage, queries: list[str],
+             sent: int) -> dict[str, object]:
+    """Throughput, latency percentiles, repeats and the client's own CPU of one load."""
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    lat = np.asarray(stats.latencies) * 1000
+    n = len(lat)
+    distinct = len(set(queries))
+    return {
+        "duration_s": round(wall, 2), "requests": n, "errors": stats.errors, "throughput_rps": round(n / wall, 2),
+        "p50_ms": round(float(np.percentile(lat, 50)), 2) if n else None,
+        "p90_ms": round(float(np.percentile(lat, 90)), 2) if n else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 2) if n else None,
+        "mean_ms": round(float(lat.mean()), 2) if n else None,
+        "max_ms": round(float(lat.max()), 2) if n else None,
+        "distinct_queries": distinct, "query_repeats": max(0, sent - distinct),
+        "client_cpu_s": round(cpu, 3), "client_cpu_ms_per_request": round(cpu * 1000 / n, 3) if n else None,
+        "mean_response_bytes": round(stats.bytes / n) if n else None,
+    }
+
+
 async def _client(host: str, port: int, paths: list[str], start: int, step: int, deadline: float,
                   stats: _Stats, timeout: float) -> None:
     reader, writer = await asyncio.open_connection(host, port)
@@ -67,12 +97,7 @@ async def _client(host: str, port: int, paths: list[str], start: int, step: int,
 
 
 async def _run(url: str, queries: list[str], clients: int, duration: float, timeout: float) -> dict[str, object]:
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        raise SystemExit(f"loopback only: {host}")
-    base = parts.path or "/api/search"
-    extra = f"&{parts.query}" if parts.query else ""
+    host, port, base, extra = _target(url)
     paths = [f"{base}?q={quote(q)}{extra}" for q in queries]
     stats = _Stats()
     usage0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -81,23 +106,7 @@ async def _run(url: str, queries: list[str], clients: int, duration: float, time
     await asyncio.gather(*(_client(host, port, paths, c * stride, 1, deadline, stats, timeout)
                            for c in range(clients)))
     wall = time.perf_counter() - t0
-    usage1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
-    lat = np.asarray(stats.latencies) * 1000
-    n = len(lat)
-    return {
-        "clients": clients, "duration_s": round(wall, 2), "requests": n, "errors": stats.errors,
-        "throughput_rps": round(n / wall, 2),
-        "p50_ms": round(float(np.percentile(lat, 50)), 2) if n else None,
-        "p90_ms": round(float(np.percentile(lat, 90)), 2) if n else None,
-        "p99_ms": round(float(np.percentile(lat, 99)), 2) if n else None,
-        "mean_ms": round(float(lat.mean()), 2) if n else None,
-        "max_ms": round(float(lat.max()), 2) if n else None,
-        "distinct_queries": len(set(queries)),
-        "query_repeats": max(0, n - len(set(queries))),
-        "client_cpu_s": round(cpu, 3), "client_cpu_ms_per_request": round(cpu * 1000 / n, 3) if n else None,
-        "mean_response_bytes": round(stats.bytes / n) if n else None,
-    }
+    return {"clients": clients, **_summary(stats, wall, usage0, queries, len(stats.latencies))}
 
 
 async def _request(pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]], host: str, port: int,
@@ -122,12 +131,7 @@ async def _request(pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.Strea
 
 
 async def _open_loop(url: str, queries: list[str], rate: float, duration: float, timeout: float) -> dict[str, object]:
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        raise SystemExit(f"loopback only: {host}")
-    base = parts.path or "/api/search"
-    extra = f"&{parts.query}" if parts.query else ""
+    host, port, base, extra = _target(url)
     stats = _Stats()
     pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
     usage0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -153,22 +157,7 @@ async def _open_loop(url: str, queries: list[str], rate: float, duration: float,
     wall = time.perf_counter() - t0
     while not pool.empty():
         pool.get_nowait()[1].close()
-    usage1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
-    lat = np.asarray(stats.latencies) * 1000
-    n = len(lat)
-    return {
-        "offered_rps": rate, "duration_s": round(wall, 2), "requests": n, "errors": stats.errors,
-        "throughput_rps": round(n / wall, 2),
-        "p50_ms": round(float(np.percentile(lat, 50)), 2) if n else None,
-        "p90_ms": round(float(np.percentile(lat, 90)), 2) if n else None,
-        "p99_ms": round(float(np.percentile(lat, 99)), 2) if n else None,
-        "mean_ms": round(float(lat.mean()), 2) if n else None,
-        "max_ms": round(float(lat.max()), 2) if n else None,
-        "distinct_queries": len(set(queries[:total])), "query_repeats": max(0, total - len(set(queries[:total]))),
-        "client_cpu_s": round(cpu, 3), "client_cpu_ms_per_request": round(cpu * 1000 / n, 3) if n else None,
-        "mean_response_bytes": round(stats.bytes / n) if n else None,
-    }
+    return {"offered_rps": rate, **_summary(stats, wall, usage0, queries[:total], total)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,9 @@ class Source(StrEnum):
     ALL = "all"
 
 
-class RankOrder(StrEnum):
+class Sort(StrEnum):
+    """The order of a ranked search (the API's `sort`)."""
+
     RELEVANCE = "relevance"
     NEWEST = "newest"
     OLDEST = "oldest"
@@ -67,10 +69,10 @@ class Ranking:
 _COLUMNS = "i.id, i.prompt_id, i.phash, i.created_at"
 
 _ORDER = {
-    RankOrder.RELEVANCE: "f.score DESC, f.id DESC",
-    RankOrder.NEWEST: "f.created_at DESC, f.id DESC",
-    RankOrder.OLDEST: "f.created_at, f.id",
-    RankOrder.RANDOM: "sha256(convert_to(%s || ':' || f.id::text, 'UTF8'))",
+    Sort.RELEVANCE: "f.score DESC, f.id DESC",
+    Sort.NEWEST: "f.created_at DESC, f.id DESC",
+    Sort.OLDEST: "f.created_at, f.id",
+    Sort.RANDOM: "sha256(convert_to(%s || ':' || f.id::text, 'UTF8'))",
 }
 
 
@@ -109,7 +111,7 @@ def rank_images(
     filters: ImageFilter | None,
     max_id: int | None,
     per_list: int,
-    order: RankOrder = RankOrder.RELEVANCE,
+    order: Sort = Sort.RELEVANCE,
     seed: int = 0,
     rows: tuple[int, int] = (0, 0),
     rrf_k: int = 60,
@@ -143,7 +145,7 @@ def rank_images(
     args.append(rrf_k)
     ctes.append(sql.SQL("ordered AS MATERIALIZED (SELECT f.*, row_number() OVER (ORDER BY "
                         + _ORDER[order] + ") - 1 AS pos FROM fused f)"))
-    if order is RankOrder.RANDOM:
+    if order is Sort.RANDOM:
         args.append(str(seed))
     # the full rows of the window only: the others are never read
     ctes.append(sql.SQL(

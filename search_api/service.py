@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool
 
 from promptdex import store
 from promptdex.errors import InvalidInput, NotFound
-from promptdex.ranking import Candidates, RankedImage, Ranking, RankOrder, Source, rank_images
+from promptdex.ranking import Candidates, RankedImage, Ranking, Sort, Source, rank_images
 from promptdex.records import Image, ImageFilter
 from search_api.engines import Engines
 
@@ -36,13 +36,6 @@ class Mode(StrEnum):
     HYBRID = "hybrid"
     KEYWORD = "keyword"
     SEMANTIC = "semantic"
-
-
-class Sort(StrEnum):
-    RELEVANCE = "relevance"
-    NEWEST = "newest"
-    OLDEST = "oldest"
-    RANDOM = "random"
 
 
 @dataclass(frozen=True)
@@ -136,7 +129,7 @@ class SearchService:
     # -- SQL ------------------------------------------------------------------------------------
 
     def _rank(self, lists: Sequence[Candidates], filters: ImageFilter, max_id: int | None, per_list: int, *,
-              order: RankOrder = RankOrder.RELEVANCE, seed: int = 0, rows: tuple[int, int] = (0, 0)) -> Ranking:
+              order: Sort = Sort.RELEVANCE, seed: int = 0, rows: tuple[int, int] = (0, 0)) -> Ranking:
         """The candidates filtered, fused, ordered, with the rows of the window: one statement, one round trip."""
         with self.pool.connection() as conn:
             return rank_images(conn, lists=lists, filters=filters, max_id=max_id, per_list=per_list, order=order,
@@ -159,7 +152,7 @@ class SearchService:
 
     def _with_vector(self, vector: NDArray[np.float32], filters: ImageFilter, max_id: int | None, n: int, *,
                      before: Sequence[Candidates] = (), after: Sequence[Candidates] = (),
-                     exclude: set[int] | None = None, order: RankOrder = RankOrder.RELEVANCE, seed: int = 0,
+                     exclude: set[int] | None = None, order: Sort = Sort.RELEVANCE, seed: int = 0,
                      rows: tuple[int, int] = (0, 0)) -> tuple[Ranking, dict[int, float]]:
         """The ranking with the nearest images by CLIP vector as one of its lists (between `before` and `after`),
         and the FAISS score of each; widens k until `n` of the neighbours survive the filters."""
@@ -179,7 +172,7 @@ class SearchService:
                 rows: tuple[int, int]) -> tuple[Ranking, dict[int, float] | None]:
         """The ranking of a query, and the score of each prompt where scores are the prompts' (keyword mode)."""
         q = req.q.strip()
-        order = RankOrder(req.sort.value)
+        order = req.sort
         if req.mode is Mode.KEYWORD:
             prompts = self.engines.keyword_search(q, n)
             ranking = self._rank([Candidates(Source.PROMPTS, [p for p, _ in prompts])], req.filters, max_id, n,
@@ -215,7 +208,7 @@ class SearchService:
             ranking, prompt_scores = self._ranked(req, max_id, max(want, 100), rows)
         else:  # random browse
             ranking = self._rank([Candidates(Source.ALL)], req.filters, max_id, MAX_OFFSET + 201,
-                                 order=RankOrder.RANDOM, seed=req.seed, rows=rows)
+                                 order=Sort.RANDOM, seed=req.seed, rows=rows)
         ranked = self._collapse(ranking.images, want)
         page = ranked[offset:offset + req.limit]
         images = self._images(page)

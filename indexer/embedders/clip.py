@@ -23,7 +23,7 @@ from indexer.embedders.runtime import (
     cosines,
     dims,
     ensure_export,
-    release_memory,
+    onnx_twin,
     weights_digest,
 )
 from promptdex.errors import ConfigError
@@ -71,32 +71,19 @@ def encode_text_trimmed(model: Any, tokens: Any) -> Any:
     return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
 
 
-def _text_module(model: Any) -> Any:
+def _tower(model: Any, forward: Any) -> Any:
+    """`forward(model, tensor)` as a torch module holding `model` (torch.onnx.export exports modules)."""
     import torch
 
-    class TextTower(torch.nn.Module):
+    class Tower(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, tokens: Any) -> Any:
-            return encode_text_trimmed(self.model, tokens)
+        def forward(self, inputs: Any) -> Any:
+            return forward(self.model, inputs)
 
-    return TextTower().eval()
-
-
-def _vision_module(model: Any) -> Any:
-    import torch
-
-    class VisionTower(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, pixels: Any) -> Any:
-            return self.model.encode_image(pixels)
-
-    return VisionTower().eval()
+    return Tower().eval()
 
 
 # Fixed inputs every runtime is checked on: texts of several lengths (one fills the 77-token context), and images.
@@ -257,11 +244,12 @@ def export_clip(torch_embedder: ClipEmbedder, cache_dir: Path, *, threads: int) 
     def make_text() -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
         example = trimmed(torch_embedder.tokenizer(texts[:2]))
         shapes = dims(["batch", "length"], batch=(1, 4096), length=(2, context))
-        return _text_module(model), (example,), {"tokens": {0: shapes["batch"], 1: shapes["length"]}}
+        return _tower(model, encode_text_trimmed), (example,), {"tokens": {0: shapes["batch"], 1: shapes["length"]}}
 
     def make_vision() -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
         example = torch.stack([torch_embedder.preprocess(p) for p in pictures[:2]])
-        return _vision_module(model), (example,), {"pixels": {0: dims(["batch"], batch=(1, 4096))["batch"]}}
+        batch = dims(["batch"], batch=(1, 4096))["batch"]
+        return _tower(model, lambda m, pixels: m.encode_image(pixels)), (example,), {"pixels": {0: batch}}
 
     def check_text(session: OnnxSession) -> NDArray[np.float64]:
         embedder = OnnxClipEmbedder(Path(), Path(), torch_embedder.preprocess, torch_embedder.tokenizer,
@@ -343,18 +331,8 @@ def load_clip(name: str, pretrained: str | None, *, device: str = "auto", batch_
     embedder = _load_torch_clip(name, pretrained, device=device, batch_size=batch_size, models_dir=models_dir)
     if runtime != "onnx":
         return embedder
-    if onnx_dir is None:
-        raise ConfigError("the ONNX runtime needs a folder for its exports (PROMPTDEX_INDEXER__ONNX_DIR)")
-    try:
-        onnx = export_clip(embedder, onnx_dir, threads=threads)
-    except ExportFailed as exc:
-        if strict:
-            raise ConfigError(f"PROMPTDEX_INDEXER__RUNTIME=onnx: {exc} (set RUNTIME=torch)") from exc
-        logger.warning("%s; CLIP runs on torch", exc)
-        return embedder
-    embedder.release()
-    release_memory()
-    return onnx
+    twin: CLIPEmbedder = onnx_twin(embedder, export_clip, onnx_dir, threads=threads, strict=strict, what="CLIP")
+    return twin
 
 
 def _load_torch_clip(name: str, pretrained: str | None, *, device: str, batch_size: int,

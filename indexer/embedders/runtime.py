@@ -66,6 +66,25 @@ def resolve_runtime(requested: Runtime | str, device: str) -> str:
     return "onnx" if resolved == "cpu" and onnx_available() else "torch"
 
 
+def onnx_twin(torch_embedder: Any, export: Callable[..., Any], onnx_dir: Path | None, *, threads: int,
+              strict: bool, what: str) -> Any:
+    """`export(torch_embedder, onnx_dir, threads=...)`'s ONNX Runtime twin, the torch model then dropped; when the
+    export fails: ConfigError naming the setting with `strict` (RUNTIME=onnx asked for it), else a warning and the
+    torch embedder (`what` names it in the warning)."""
+    if onnx_dir is None:
+        raise ConfigError("the ONNX runtime needs a folder for its exports (PROMPTDEX_INDEXER__ONNX_DIR)")
+    try:
+        twin = export(torch_embedder, onnx_dir, threads=threads)
+    except ExportFailed as exc:
+        if strict:
+            raise ConfigError(f"PROMPTDEX_INDEXER__RUNTIME=onnx: {exc} (set RUNTIME=torch)") from exc
+        logger.warning("%s; %s runs on torch", exc, what)
+        return torch_embedder
+    torch_embedder.model = None  # the twin has all it needs: free the torch copy of the weights
+    release_memory()
+    return twin
+
+
 def weights_digest(module: Any) -> str:
     """A digest of a torch module's parameters and buffers (names, shapes, dtypes and bytes)."""
     import torch
@@ -255,7 +274,8 @@ def _export(path: Path, module: Any, example: tuple[Any, ...], dynamic_shapes: d
         _logging.getLogger(name).setLevel(_logging.WARNING)
     with warnings.catch_warnings(), redirect_stdout(quiet), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, example, dynamo=True, dynamic_shapes=dynamic_shapes,
+        # positional: the graph's input names come from the keys, whatever the module calls its arguments
+        program = torch.onnx.export(module, example, dynamo=True, dynamic_shapes=tuple(dynamic_shapes.values()),
                                     input_names=list(dynamic_shapes), output_names=["vectors"], optimize=True,
                                     verbose=False)
         if program is None:

@@ -20,7 +20,7 @@ from indexer.embedders.runtime import (
     cosines,
     dims,
     ensure_export,
-    release_memory,
+    onnx_twin,
     weights_digest,
 )
 from promptdex.errors import ConfigError, InvalidInput
@@ -167,18 +167,9 @@ def load_sentence_embedder(name: str, *, device: str = "auto", batch_size: int =
     embedder = _load_torch_sentence(name, device=device, batch_size=batch_size)
     if runtime != "onnx":
         return embedder
-    if onnx_dir is None:
-        raise ConfigError("the ONNX runtime needs a folder for its exports (PROMPTDEX_INDEXER__ONNX_DIR)")
-    try:
-        onnx = export_sentence(embedder, onnx_dir, threads=threads)
-    except ExportFailed as exc:
-        if strict:
-            raise ConfigError(f"PROMPTDEX_INDEXER__RUNTIME=onnx: {exc} (set RUNTIME=torch)") from exc
-        logger.warning("%s; the prompt model runs on torch", exc)
-        return embedder
-    del embedder
-    release_memory()
-    return onnx
+    twin: SentenceEmbedder | OnnxSentenceEmbedder = onnx_twin(embedder, export_sentence, onnx_dir, threads=threads,
+                                                             strict=strict, what="the prompt model")
+    return twin
 
 
 def _load_torch_sentence(name: str, *, device: str, batch_size: int) -> SentenceEmbedder:
