@@ -20,6 +20,7 @@ from generator.loading import LoadedModel, load_pipeline, model_args_from_identi
 from generator.output import load_input_image, save_image
 from generator.render import BatchItem, RenderSpec, make_params, make_record, render_batch
 from generator.samplers import make_scheduler, resolve_sampler, scheduler_config, scheduler_from_record
+from indexer.safety import get_scorer
 from promptdex.catalog import batch_key, default_model, model_profile
 from promptdex.errors import InvalidInput, PromptdexError
 from promptdex.generation import GenerateRequest, random_seeds
@@ -283,6 +284,8 @@ def encode_rendered(loaded: LoadedModel, spec: RenderSpec, items: list[BatchItem
 def store_rendered(conn: Any, settings: Settings, loaded: LoadedModel, spec: RenderSpec, items: list[BatchItem],
                    index: int, image: Any, environment: dict[str, Any]) -> tuple[int, bool]:
     data, _, row = encode_rendered(loaded, spec, items, index, image, environment)
+    # scored before the row exists, so no search ever shows it unscored
+    row.safety = get_scorer(settings).for_image(row.params.prompt, image)
     saved = save_image(conn, images_path=settings.images_path, data=data, image=row)
     return saved.id, saved.created
 

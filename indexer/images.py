@@ -332,6 +332,12 @@ def _working_pixels(original: Path, *, thumb_size: int, max_pixels: int) -> Imag
     return rgb(decode_pixels(data, original, max_pixels=max_pixels, min_side=max(CLIP_SIDE, thumb_size)))
 
 
+def classifier_pixels(original: Path, *, max_pixels: int) -> Image.Image:
+    """An image file's pixels as the NSFW classifiers see them at index time: RGB, reduced to no less than CLIP's
+    input on the shortest side (ImageRejected, naming the file, when it cannot be decoded)."""
+    return _working_pixels(original, thumb_size=0, max_pixels=max_pixels)
+
+
 def ensure_thumbnail(thumbs_dir: Path, sha256: str, original: Path, *, size: int, max_pixels: int) -> Path:
     """The thumbnail of an image, made from the original file when it is missing (e.g. before `promptdex index`)."""
     thumb = thumbnail_path(thumbs_dir, sha256)

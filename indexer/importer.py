@@ -36,6 +36,7 @@ from indexer.images import (
 )
 from indexer.metadata.reader import read_metadata
 from indexer.metadata.result import NO_METADATA, ReadResult
+from indexer.safety import Scorer, get_scorer
 from promptdex.errors import DatabaseError
 from promptdex.records import FileRecord, FileStatus, NewImage
 from promptdex.settings import Settings
@@ -162,10 +163,15 @@ def _generation_fields(generation: dict[str, Any] | None) -> dict[str, Any]:
             "init_image_sha256": init if isinstance(init, str) else None}
 
 
-def prepare(path: Path, settings: Settings) -> _Prepared:
-    """Read, hash and check one file and read its metadata (runs in a worker thread); never raises."""
+def prepare(path: Path, settings: Settings, scorer: Scorer | None = None) -> _Prepared:
+    """Read, hash and check one file, read its metadata and score its prompt (runs in a worker thread); never
+    raises. Its image classifiers' scores come at index time, which decodes the pixels."""
     try:
-        return _prepare(path, settings)
+        prepared = _prepare(path, settings)
+        if prepared.image is not None:
+            scorer = scorer or get_scorer(settings)
+            prepared.image.safety = scorer.for_prompt_only(prepared.image.params.prompt)
+        return prepared
     except Exception as exc:  # noqa: BLE001 - one bad file must never stop an import; it is reported
         logger.exception("%s: unexpected failure while importing", path)
         return _Prepared(path, 0, 0.0, error=f"{path}: unexpected failure: {type(exc).__name__}: {exc}")
@@ -263,7 +269,8 @@ def import_paths(conn: Conn, settings: Settings, paths: Sequence[str | Path], *,
             batch: list[_Prepared] = []
             since = time.monotonic()
             ahead = _BATCH + threads * _AHEAD  # a whole batch is read while the one before it is stored
-            for item in _in_order(pool, todo, lambda p: prepare(p, settings), ahead):
+            scorer = get_scorer(settings)
+            for item in _in_order(pool, todo, lambda p: prepare(p, settings, scorer), ahead):
                 batch.append(item)
                 if len(batch) >= _BATCH or time.monotonic() - since >= _BATCH_SECONDS:
                     _store_batch(conn, batch, records, summary)

@@ -46,6 +46,8 @@ from indexer.images import (
     temp_dir,
 )
 from indexer.keyword.base import KeywordIndex, rows
+from indexer.safety import get_scorer
+from indexer.safety.rescore import score_indexed
 from promptdex.errors import IndexCorrupt, IndexMismatch, PromptdexError
 from promptdex.index_state import indexed_ids, record_indexed, replace_indexed, upsert_bundle
 from promptdex.settings import Settings
@@ -84,6 +86,7 @@ class BundleReport:
     dropped: int = 0
     removed: int = 0
     skipped: list[tuple[int, str]] = field(default_factory=list)
+    scored: int = 0  # images the NSFW classifiers scored on the way
     replaced_damaged: str = ""  # a rebuild over a damaged bundle: what was wrong with it
 
 
@@ -100,6 +103,8 @@ class IndexReport:
         parts.append(f"keyword ({self.keyword_backend}): +{self.keyword_added} prompts")
         skipped = sum(len(b.skipped) for b in self.bundles)
         tail = f"; {skipped} items could not be embedded" if skipped else ""
+        scored = sum(b.scored for b in self.bundles)
+        tail += f"; {scored} images NSFW-scored" if scored else ""
         return ", ".join(parts) + f" in {self.seconds:.1f} s{tail}"
 
     def to_json(self) -> dict[str, Any]:
@@ -194,10 +199,11 @@ def _load(item: dict[str, Any], settings: Settings) -> IndexPixels | ImageReject
 
 
 def _embed(spec: BundleSpec, items: list[dict[str, Any]], embedder: Embedder, settings: Settings,
-           pool: ThreadPoolExecutor, report: BundleReport) -> tuple[list[int], Vectors, list[int]]:
-    """(ids, vectors, perceptual hashes) of the items that could be embedded (hashes only for images)."""
+           pool: ThreadPoolExecutor, report: BundleReport) -> tuple[list[int], Vectors, list[int], list[Any]]:
+    """(ids, vectors, perceptual hashes, decoded pictures) of the items that could be embedded (the last two only
+    for images)."""
     if spec.kind == "text":
-        return [int(r["id"]) for r in items], embedder.embed_text([str(r["text"]) for r in items]), []
+        return [int(r["id"]) for r in items], embedder.embed_text([str(r["text"]) for r in items]), [], []
     ids, loaded = [], []
     for item, pixels in zip(items, pool.map(lambda item: _load(item, settings), items), strict=True):
         if isinstance(pixels, ImageRejected):
@@ -208,7 +214,7 @@ def _embed(spec: BundleSpec, items: list[dict[str, Any]], embedder: Embedder, se
             loaded.append(pixels)
     images = [p.clip_input for p in loaded]
     vectors = embedder.embed_images(images) if images else np.zeros((0, embedder.dim), np.float32)
-    return ids, vectors, [p.phash for p in loaded]
+    return ids, vectors, [p.phash for p in loaded], images
 
 
 def _store_phashes(conn: Conn, ids: list[int], hashes: list[int]) -> None:
@@ -248,11 +254,14 @@ def _add_rows(conn: Conn, settings: Settings, spec: BundleSpec, embedder: Embedd
     bar = tqdm(total=total, desc=spec.name, unit="item", file=sys.stderr, disable=not progress)
     unsaved: list[int] = []
     after = 0
+    scorer = get_scorer(settings) if spec.kind == "image" else None
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="embed") as pool:
         while items := _pending(conn, spec, after, chunk, everything=rebuild):
             after = int(items[-1]["id"])
-            ids, vectors, hashes = _embed(spec, items, embedder, settings, pool, report)
+            ids, vectors, hashes, pictures = _embed(spec, items, embedder, settings, pool, report)
             _store_phashes(conn, ids, hashes)
+            if scorer is not None:  # the NSFW classifiers see the pixels decoded for CLIP
+                report.scored += score_indexed(conn, scorer, dict(zip(ids, pictures, strict=True)))
             bundle.add(vectors, ids, exact_threshold=s.exact_threshold, approx_factory=s.approx_factory)
             if ids:
                 bundle.manifest.note_runtime(getattr(embedder, "runtime", ""))  # for the record: either serves it
@@ -330,6 +339,7 @@ def run_index(conn: Conn, settings: Settings, embedders: Embedders | Callable[[]
             sweep(settings.indexes_path / spec.name)
             if not rebuild:
                 verify_bundle(settings.indexes_path / spec.name, mode=Verify.FULL)
+        get_scorer(settings).key  # noqa: B018 - loads the NSFW classifiers: one that cannot load stops the run here
         loaded = embedders() if callable(embedders) else embedders
         pairs = list(zip(SPECS, (loaded.clip, loaded.prompt), strict=True))
         for spec, embedder in pairs:

@@ -4,11 +4,37 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
 from promptdex.params import GenerationParams
+
+
+class ClassifierScore(BaseModel):
+    """One classifier's score of an image, with the key it was made under (a stale key is scored again)."""
+
+    score: float = Field(ge=0, le=1)
+    key: str
+    of: Literal["prompt", "image"] = "image"  # what it looked at
+
+
+class SafetyScore(BaseModel):
+    """What the classifiers said about one image."""
+
+    score: float | None = Field(None, ge=0, le=1, description="The highest score (None: nothing scored it yet).")
+    by: str | None = Field(None, description="The classifier that gave the highest score.")
+    scores: dict[str, ClassifierScore] = Field(default_factory=dict)
+    key: str | None = Field(None, description="The classifier set's key once all of them scored it (None: not yet).")
+
+    @property
+    def pending(self) -> bool:
+        return self.key is None or self.score is None
+
+    def prompt_score(self) -> ClassifierScore | None:
+        """The highest score of the prompt classifiers (None: none scored the prompt)."""
+        found = [s for s in self.scores.values() if s.of == "prompt"]
+        return max(found, key=lambda s: s.score) if found else None
 
 
 class NewImage(BaseModel):
@@ -29,6 +55,7 @@ class NewImage(BaseModel):
     init_image_sha256: str | None = None
     generation: dict[str, Any] | None = None
     created_at: datetime | None = None
+    safety: SafetyScore | None = None  # NSFW scores (None: not scored at all)
 
     @field_validator("source")
     @classmethod
@@ -94,6 +121,9 @@ class ImageFilter(BaseModel):
     source: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    # safe mode (set from the caller's level by promptdex.safety.restrict, never from query parameters)
+    nsfw_below: float | None = None  # hide images scoring at or above this
+    nsfw_complete: bool | None = None  # True: hide images not scored by every configured classifier yet
 
     def is_empty(self) -> bool:
         return all(value is None for value in self.model_dump().values())

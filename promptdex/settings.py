@@ -143,6 +143,56 @@ class ApiSettings(BaseModel):
     queue_cap: int = Field(1000, ge=0, description="Images queued or running at once, over all users.")
 
 
+class SafeLevel(StrEnum):
+    """How much of the corpus a search shows (the API's `safe`)."""
+
+    STRICT = "strict"  # only images scored below STRICT_THRESHOLD by every configured classifier
+    MODERATE = "moderate"  # also flagged ones, blurred on the page; hides those at MODERATE_THRESHOLD or above
+    OFF = "off"  # everything
+
+    @property
+    def rank(self) -> int:
+        return _LEVEL_RANK[self]
+
+
+_LEVEL_RANK = {SafeLevel.STRICT: 0, SafeLevel.MODERATE: 1, SafeLevel.OFF: 2}
+
+
+class SafetySettings(BaseModel):
+    """NSFW classifiers, the thresholds of the safe-mode levels, and the levels each role gets."""
+
+    classifiers: str = Field(
+        "auto", description="Comma-separated classifiers: words (the prompt word list), nudenet (pip install "
+        "promptdex[nudenet], AGPL-3.0), sd-checker (diffusers' StableDiffusionSafetyChecker; needs CHECKER_PATH); "
+        "auto: words, plus nudenet when installed and sd-checker when CHECKER_PATH is set; none: score nothing "
+        "(every image counts as safe).")
+    words_file: Path | None = Field(
+        None, description="Admin-editable word list added to the shipped one (default DATA_DIR/nsfw-words.txt; one "
+        "word or phrase per line, optional `= score`; `!word` drops a shipped entry).")
+    checker_path: str | None = Field(
+        None, description="Folder (or hub id, loaded offline) of a StableDiffusionSafetyChecker with its "
+        "preprocessor_config.json, e.g. a Stable Diffusion model's safety_checker folder.")
+    strict_threshold: float = Field(
+        0.5, ge=0, le=1, description="Images (or prompts) scoring at or above this are flagged: hidden in strict "
+        "mode, blurred in moderate, `nsfw: true` in the Lexica API.")
+    moderate_threshold: float = Field(
+        0.9, ge=0, le=1, description="Images scoring at or above this are hidden in moderate mode too.")
+    generation_threshold: float = Field(
+        0.5, ge=0, le=1, description="Prompts scoring at or above this are refused for generation (admins exempt).")
+    refusal_message: str = Field(
+        "this prompt asks for content this instance does not generate", description="What a refused generation "
+        "request is told (the matched words follow it).")
+    anonymous_default: SafeLevel = Field(SafeLevel.STRICT, description="Level of searches without an account.")
+    anonymous_max: SafeLevel = Field(
+        SafeLevel.MODERATE, description="Most permissive level callers without an account may ask for (off only "
+        "when an admin sets it so).")
+    viewer_default: SafeLevel = Field(SafeLevel.STRICT, description="Default level of viewers.")
+    viewer_max: SafeLevel = Field(SafeLevel.OFF, description="Most permissive level viewers may ask for.")
+    creator_default: SafeLevel = Field(SafeLevel.MODERATE, description="Default level of creators.")
+    creator_max: SafeLevel = Field(SafeLevel.OFF, description="Most permissive level creators may ask for.")
+    admin_default: SafeLevel = Field(SafeLevel.MODERATE, description="Default level of admins (they may ask for any).")
+
+
 class Settings(BaseSettings):
     """Every promptdex setting. Build with `get_settings()`, never at import."""
 
@@ -169,6 +219,7 @@ class Settings(BaseSettings):
     generator: GeneratorSettings = GeneratorSettings()
     indexer: IndexerSettings = IndexerSettings()
     api: ApiSettings = ApiSettings()
+    safety: SafetySettings = SafetySettings()
 
     @cached_property
     def data_path(self) -> Path:
@@ -193,6 +244,11 @@ class Settings(BaseSettings):
     @property
     def models_path(self) -> Path:
         return self._sub(self.models_dir, "models")
+
+    @property
+    def words_path(self) -> Path:
+        """The admin-editable NSFW word list (it need not exist)."""
+        return self._sub(self.safety.words_file, "nsfw-words.txt")
 
     @property
     def onnx_path(self) -> Path:

@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 
 from promptdex.params import GenerationParams
-from promptdex.records import FileRecord, FileStatus, Image, ImageFilter, ImageLocation, NewImage
+from promptdex.records import FileRecord, FileStatus, Image, ImageFilter, ImageLocation, NewImage, SafetyScore
 
 logger = logging.getLogger(__name__)
 
@@ -24,10 +24,10 @@ _COLUMNS = (
     "sha256", "path", "file_size", "file_mtime", "width", "height", "format", "prompt", "negative_prompt",
     "seed", "steps", "cfg", "sampler", "scheduler", "sampler_class", "scheduler_config", "model", "model_hash",
     "clip_skip", "denoising_strength", "init_image_sha256", "hires", "params", "generation", "source",
-    "raw_metadata", "created_at",
+    "raw_metadata", "created_at", "nsfw", "nsfw_by", "nsfw_scores", "nsfw_key",
 )
 _IMAGE_COLUMNS = tuple(c for c in _COLUMNS if c != "prompt")
-_JSON_COLUMNS = {"scheduler_config", "hires", "params", "generation", "raw_metadata"}
+_JSON_COLUMNS = {"scheduler_config", "hires", "params", "generation", "raw_metadata", "nsfw_scores"}
 
 _SELECT = """
 SELECT i.*, coalesce(p.text, '') AS prompt
@@ -48,6 +48,7 @@ def _row_values(image: NewImage) -> tuple[Any, ...]:
         "hires": p.hires.model_dump(mode="json") if p.hires else None,
         "params": p.model_dump(mode="json"), "generation": image.generation, "source": image.source,
         "raw_metadata": image.raw_metadata, "created_at": image.created_at or datetime.now().astimezone(),
+        **_safety_values(image.safety),
     }
     return tuple(
         json.dumps(values[c], ensure_ascii=False) if c in _JSON_COLUMNS and values[c] is not None else values[c]
@@ -55,21 +56,38 @@ def _row_values(image: NewImage) -> tuple[Any, ...]:
     )
 
 
+def _safety_values(safety: SafetyScore | None) -> dict[str, Any]:
+    if safety is None:
+        return {"nsfw": None, "nsfw_by": None, "nsfw_scores": None, "nsfw_key": None}
+    return {"nsfw": safety.score, "nsfw_by": safety.by, "nsfw_key": safety.key,
+            "nsfw_scores": {name: s.model_dump() for name, s in safety.scores.items()}}
+
+
+def safety_from_row(row: dict[str, Any]) -> SafetyScore | None:
+    """The NSFW scores of a row of `images` (None when nothing scored it)."""
+    if row.get("nsfw") is None and not row.get("nsfw_scores"):
+        return None
+    return SafetyScore(score=row.get("nsfw"), by=row.get("nsfw_by"), scores=row.get("nsfw_scores") or {},
+                       key=row.get("nsfw_key"))
+
+
 def image_from_row(row: dict[str, Any]) -> Image:
     """The Image of a row of `images` joined with its prompt text (`_SELECT`'s columns)."""
     params = GenerationParams.model_validate(row["params"] or {}).model_copy(update={"prompt": row["prompt"]})
-    fields = {k: row[k] for k in NewImage.model_fields if k in row and k != "params"}
+    fields = {k: row[k] for k in NewImage.model_fields if k in row and k not in ("params", "safety")}
     return Image.model_validate(
         {**fields, "params": params, "id": row["id"], "prompt_id": row["prompt_id"], "imported_at": row["imported_at"],
-         "missing": bool(row.get("missing", False))}
+         "missing": bool(row.get("missing", False)), "safety": safety_from_row(row)}
     )
 
 
-def _prompt_id(conn: Conn, text: str) -> int | None:
+def _prompt_id(conn: Conn, text: str, safety: SafetyScore | None = None) -> int | None:
     if not text:
         return None
+    scored = safety.prompt_score() if safety is not None else None
     row = conn.execute(
-        "INSERT INTO prompts (text) VALUES (%s) ON CONFLICT ((md5(text))) DO NOTHING RETURNING id", (text,)
+        "INSERT INTO prompts (text, nsfw, nsfw_key) VALUES (%s, %s, %s) ON CONFLICT ((md5(text))) DO NOTHING "
+        "RETURNING id", (text, scored.score if scored else None, scored.key if scored else None)
     ).fetchone()
     if row is None:
         row = conn.execute("SELECT id FROM prompts WHERE md5(text) = md5(%s)", (text,)).fetchone()
@@ -83,7 +101,7 @@ def _first(row: Any) -> Any:
 def add_image(conn: Conn, *, image: NewImage) -> tuple[int, bool]:
     """Add one image; the same content (sha256) twice gives one row. Returns (id, created)."""
     values = dict(zip(_COLUMNS, _row_values(image), strict=True))
-    prompt_id = _prompt_id(conn, values.pop("prompt"))
+    prompt_id = _prompt_id(conn, values.pop("prompt"), image.safety)
     cols = [*values.keys(), "prompt_id"]
     query = sql.SQL("INSERT INTO images ({cols}) VALUES ({vals}) ON CONFLICT (sha256) DO NOTHING RETURNING id").format(
         cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
@@ -134,6 +152,12 @@ def filter_condition(filters: ImageFilter | None, alias: str = "i") -> tuple[sql
     args: list[Any] = [False]
     if filters is None or filters.is_empty():
         return parts[0], args
+    if filters.nsfw_below is not None:
+        if filters.nsfw_complete:  # NULL scores fail the comparison: not scored, not shown
+            parts.append(sql.SQL("{a}.nsfw_key IS NOT NULL AND {a}.nsfw < %s").format(a=a))
+        else:
+            parts.append(sql.SQL("({a}.nsfw IS NULL OR {a}.nsfw < %s)").format(a=a))
+        args.append(filters.nsfw_below)
     checks: list[tuple[str, str, Any]] = [
         ("model", "=", filters.model), ("sampler", "=", filters.sampler), ("width", "=", filters.width),
         ("height", "=", filters.height), ("steps", ">=", filters.min_steps), ("steps", "<=", filters.max_steps),
@@ -236,24 +260,26 @@ def _staging_type(column: str) -> str:
     types = {
         "file_size": "bigint", "file_mtime": "double precision", "width": "integer", "height": "integer",
         "seed": "numeric(20,0)", "steps": "integer", "cfg": "double precision", "clip_skip": "integer",
-        "denoising_strength": "double precision", "created_at": "timestamptz",
+        "denoising_strength": "double precision", "created_at": "timestamptz", "nsfw": "real",
     }
     if column in _JSON_COLUMNS:
         return "jsonb"
     return types.get(column, "text")
 
 
-def facets(conn: Conn) -> dict[str, Any]:
-    """Distinct models, samplers and sizes, most used first, for filter menus."""
-    models = [r["model"] for r in conn.execute(
-        "SELECT model FROM images WHERE model IS NOT NULL AND NOT missing "
-        "GROUP BY model ORDER BY count(*) DESC LIMIT 200")]
-    samplers = [r["sampler"] for r in conn.execute(
-        "SELECT sampler FROM images WHERE sampler IS NOT NULL AND NOT missing "
-        "GROUP BY sampler ORDER BY count(*) DESC LIMIT 100")]
-    sizes = [[r["width"], r["height"]] for r in conn.execute(
-        "SELECT width, height FROM images WHERE NOT missing GROUP BY width, height ORDER BY count(*) DESC LIMIT 50")]
-    return {"models": models, "samplers": samplers, "sizes": sizes}
+def facets(conn: Conn, *, filters: ImageFilter | None = None) -> dict[str, Any]:
+    """Distinct models, samplers and sizes of the images the filters let through, most used first, for menus."""
+    cond, args = filter_condition(filters)
+
+    def top(columns: str, limit: int) -> list[dict[str, Any]]:
+        nonnull = sql.SQL(" AND ").join(sql.SQL("i.{} IS NOT NULL").format(sql.Identifier(c.strip()))
+                                        for c in columns.split(","))
+        query = sql.SQL("SELECT " + columns + " FROM images i WHERE {n} AND {c} GROUP BY " + columns
+                        + " ORDER BY count(*) DESC LIMIT %s").format(n=nonnull, c=cond)
+        return conn.execute(query, (*args, limit)).fetchall()
+
+    return {"models": [r["model"] for r in top("model", 200)], "samplers": [r["sampler"] for r in top("sampler", 100)],
+            "sizes": [[r["width"], r["height"]] for r in top("width, height", 50)]}
 
 
 # -- where image files are: the paths `promptdex import` recorded, rows whose file changed or vanished ------------
@@ -339,3 +365,53 @@ def images_at(conn: Conn, *, path: str) -> list[int]:
     """Ids of the images (not marked missing) whose file is `path`."""
     rows = conn.execute("SELECT id FROM images WHERE path = %s AND NOT missing ORDER BY id", (path,)).fetchall()
     return [int(row["id"]) for row in rows]
+
+
+# -- NSFW scores: what `promptdex safety rescore` and `index` read and write ----------------------------------------
+
+_STALE = """
+SELECT i.id, i.sha256, i.path, i.missing, i.nsfw_scores, i.prompt_id, coalesce(p.text, '') AS prompt,
+       p.nsfw AS prompt_nsfw, p.nsfw_key AS prompt_nsfw_key
+FROM images i LEFT JOIN prompts p ON p.id = i.prompt_id
+"""
+
+
+def stale_safety(conn: Conn, *, key: str, after_id: int = 0, limit: int = 256,
+                 ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Images whose scores were not all made under `key` (the classifier set's), in id order after `after_id`
+    (or among `ids`): id, sha256, path, missing, nsfw_scores, prompt_id, prompt, prompt_nsfw, prompt_nsfw_key."""
+    if ids is not None:
+        return conn.execute(_STALE + " WHERE i.id = ANY(%s) AND i.nsfw_key IS DISTINCT FROM %s ORDER BY i.id",
+                            (list(ids), key)).fetchall()
+    return conn.execute(_STALE + " WHERE i.id > %s AND i.nsfw_key IS DISTINCT FROM %s ORDER BY i.id LIMIT %s",
+                        (after_id, key, limit)).fetchall()
+
+
+def count_stale_safety(conn: Conn, *, key: str) -> int:
+    row = conn.execute("SELECT count(*) FROM images WHERE nsfw_key IS DISTINCT FROM %s", (key,)).fetchone()
+    return int(_first(row)) if row else 0
+
+
+def set_safety(conn: Conn, *, scores: Sequence[tuple[int, SafetyScore]],
+               prompts: Sequence[tuple[int, float, str]] = ()) -> None:
+    """Write images' scores ((id, score) pairs) and prompts' ((prompt id, score, key)), in one transaction."""
+    with conn.transaction(), conn.cursor() as cur:
+        if prompts:
+            cur.executemany("UPDATE prompts SET nsfw = %s, nsfw_key = %s WHERE id = %s",
+                            [(score, key, pid) for pid, score, key in prompts])
+        if scores:
+            cur.executemany(
+                "UPDATE images SET nsfw = %s, nsfw_by = %s, nsfw_scores = %s, nsfw_key = %s WHERE id = %s",
+                [(v["nsfw"], v["nsfw_by"], json.dumps(v["nsfw_scores"]), v["nsfw_key"], image_id)
+                 for image_id, safety in scores for v in [_safety_values(safety)]])
+
+
+def safety_counts(conn: Conn, *, key: str, strict: float, moderate: float) -> dict[str, int]:
+    """How many images are scored under `key`, stale or never scored, flagged, and hidden in moderate mode."""
+    row = conn.execute(
+        "SELECT count(*) FILTER (WHERE nsfw_key = %s) AS current, "
+        "count(*) FILTER (WHERE nsfw_key IS DISTINCT FROM %s AND nsfw_scores IS NOT NULL) AS stale, "
+        "count(*) FILTER (WHERE nsfw_scores IS NULL) AS unscored, "
+        "count(*) FILTER (WHERE nsfw >= %s) AS flagged, count(*) FILTER (WHERE nsfw >= %s) AS explicit "
+        "FROM images WHERE NOT missing", (key, key, strict, moderate)).fetchone()
+    return {k: int(v) for k, v in (row or {}).items()}

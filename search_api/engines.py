@@ -17,6 +17,7 @@ from PIL import Image as PILImage
 
 from indexer.images import thumbnail_path
 from indexer.keyword.base import ConnectionSource
+from indexer.safety import Scorer, get_scorer
 from indexer.service import BundleHandle, IndexerService
 from promptdex.errors import IndexCorrupt, IndexMissing, PromptdexError
 from promptdex.settings import ModelsMode, Settings
@@ -157,9 +158,14 @@ class Engines:
         wait = s.batch_wait_ms / 1000
         self._batchers = {"clip": _Batcher(self.indexer.embed_text, "clip", wait=wait),
                           "prompt": _Batcher(self.indexer.embed_prompts, "prompt", wait=wait)}
+        self._scorer = get_scorer(settings, threads=1)  # a classifier setting that cannot work stops `serve` here
         e = indexer.embedders
         self._models = {"clip": (e.clip.model_id, _case_insensitive(e.clip)),
                         "prompt": (e.prompt.model_id, _case_insensitive(e.prompt))}
+
+    def safety_scorer(self) -> Scorer:
+        """The NSFW classifiers: the API scores prompt text with them (suggestions, generation requests)."""
+        return self._scorer
 
     # -- embeddings -------------------------------------------------------------------------------
 

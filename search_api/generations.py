@@ -11,6 +11,8 @@ from typing import Any
 
 import psycopg
 
+from indexer.safety import Scorer
+from indexer.safety.words import WordListClassifier
 from promptdex import jobs
 from promptdex.catalog import available_models, batch_key, default_model, fill_defaults, model_profile, warnings_for
 from promptdex.errors import InvalidFields, PayloadTooLarge, UnsupportedMedia
@@ -31,6 +33,21 @@ from promptdex.inputs import inputs_path, keep_input
 from promptdex.samplers import SAMPLERS, SCHEDULES
 from promptdex.settings import Settings
 from search_api.schemas import GenerationLimits, JobOut, JobProgress, ModelList, ModelOut, ModelProfileOut
+
+
+def check_prompt(scorer: Scorer, settings: Settings, prompt: str, *, is_admin: bool, field: str = "prompt") -> None:
+    """Refuse a prompt the prompt classifiers score at or above GENERATION_THRESHOLD, for callers below admin
+    (InvalidFields naming `field`, the configured message and the words that decided it)."""
+    if is_admin:
+        return
+    score = scorer.score_prompt(prompt)
+    if score < settings.safety.generation_threshold:
+        return
+    words = [m for c in scorer.prompt if isinstance(c, WordListClassifier) for m, v in c.matches(prompt)
+             if v >= settings.safety.generation_threshold]
+    found = f" (matched: {', '.join(dict.fromkeys(words))})" if words else ""
+    raise InvalidFields([(field, settings.safety.refusal_message + found)])
+
 
 ADMIN_PRIORITY = 10  # admins' jobs go before creators' (DESIGN.md: priorities)
 INIT_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}

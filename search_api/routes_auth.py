@@ -11,9 +11,10 @@ from fastapi.responses import RedirectResponse
 from promptdex import accounts
 from promptdex.accounts import User
 from promptdex.errors import Unauthorized
+from promptdex.safety import role_levels
 from search_api.deps import State
 from search_api.errors import responses
-from search_api.schemas import Login, Me, UserOut
+from search_api.schemas import Login, Me, SafeModes, UserOut
 from search_api.security import CSRF_COOKIE, SESSION_COOKIE, AnyCaller, Caller
 
 router = APIRouter(tags=["auth"], responses=responses())
@@ -24,8 +25,10 @@ _WRONG = "sign-in failed: unknown user or wrong password"
 def me(caller: Caller, state: State, csrf: str | None = None) -> Me:
     user = UserOut(name=caller.user.name, role=caller.user.role.value) if caller.user else None
     via = caller.via if caller.via in ("token", "session") else "anonymous"
+    default, levels = role_levels(caller.role_name, state.settings.safety)
     return Me(user=user, via=via, anonymous=state.settings.api.anonymous.value,  # type: ignore[arg-type]
-              csrf_token=csrf or caller.csrf)
+              csrf_token=csrf or caller.csrf,
+              safe=SafeModes(default=default.value, levels=[level.value for level in levels]))  # type: ignore[misc]
 
 
 def _set_session(request: Request, response: Response, state: State, user: User) -> str:

@@ -15,7 +15,7 @@ from promptdex.settings import AnonymousAccess
 from search_api.deps import Service, State
 from search_api.errors import responses
 from search_api.schemas import MAX_ID
-from search_api.security import Caller, file_reader
+from search_api.security import Caller, file_reader, visible_image
 
 router = APIRouter(tags=["files"], dependencies=[Depends(file_reader)])
 
@@ -67,7 +67,7 @@ FileCaller = Annotated[Caller, Depends(file_reader)]
 @router.get("/images/{image_id}", response_class=Response, responses=_file_responses(*sorted(set(_MEDIA.values()))))
 def image_file(state: State, service: Service, caller: FileCaller, image_id: ImageId,
                if_none_match: Annotated[str | None, Header()] = None) -> Response:
-    image = service.image(image_id)
+    image = visible_image(service, state, caller, image_id)
     path = FsPath(image.path)
     if not path.is_absolute():
         path = state.settings.images_path / path
@@ -80,7 +80,7 @@ def image_file(state: State, service: Service, caller: FileCaller, image_id: Ima
 @router.get("/thumbs/{image_id}", response_class=Response, responses=_file_responses("image/webp"))
 def thumb_file(state: State, service: Service, caller: FileCaller, image_id: ImageId,
                if_none_match: Annotated[str | None, Header()] = None) -> Response:
-    image = service.image(image_id)
+    image = visible_image(service, state, caller, image_id)
     _gone_unless_present(image, None)  # the thumbnail is of the content: only a missing row is gone
     path = state.engines.thumbnail_path(image.sha256)
     if not path.is_file():  # a new image (a worker just made it): made now from its file, once

@@ -130,6 +130,7 @@ async def create_generation(request: Request, state: State, caller: Creator) -> 
     except ValidationError as exc:
         raise _validation_fields(exc) from exc
     settings = state.settings
+    generations.check_prompt(state.engines.safety_scorer(), settings, body.prompt, is_admin=caller.is_admin)
     filled, warnings = await run_in_threadpool(generations.prepare, settings, body, init=init)
 
     def enqueue() -> Any:

@@ -21,9 +21,9 @@ from promptdex.generation import JobKind
 from promptdex.jobs import Job
 from search_api.deps import Conn, Service, State
 from search_api.errors import responses
-from search_api.generations import job_view
+from search_api.generations import check_prompt, job_view
 from search_api.schemas import JobCreate, JobList, JobOut, JobsCreated
-from search_api.security import Caller, Creator, CurrentUser
+from search_api.security import Caller, Creator, CurrentUser, visible_image
 
 router = APIRouter(tags=["jobs"], responses=responses())
 
@@ -44,7 +44,10 @@ def _visible(job: Job | None, caller: Caller) -> bool:
 @router.post("/api/jobs", response_model=JobsCreated, status_code=201, responses=responses(404))
 async def create_job(state: State, service: Service, caller: Creator, body: JobCreate) -> JobsCreated:
     """Queue a job (`{"kind": "reproduce"|"variations", "image_id": N, "count": K}`); a worker runs it."""
-    await run_in_threadpool(service.image, body.image_id)  # 404 for an unknown image
+    # 404 for an unknown image, or one the caller may not see; its prompt is checked as a new request's is
+    image = await run_in_threadpool(visible_image, service, state, caller, body.image_id)
+    check_prompt(state.engines.safety_scorer(), state.settings, image.params.prompt, is_admin=caller.is_admin,
+                 field="image_id")
     payload: dict[str, object] = {"image_id": body.image_id}
     images = 1
     if body.kind == "variations":

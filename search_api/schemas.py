@@ -40,6 +40,8 @@ class SearchItem(BaseModel):
     source: str
     created_at: datetime
     score: float | None = None
+    nsfw: bool = Field(description="Flagged: its NSFW score is at or above the strict threshold, or it is not "
+                                   "scored yet (the page blurs it in moderate mode).")
 
 
 class SearchResponse(BaseModel):
@@ -57,6 +59,15 @@ class Reproduce(BaseModel):
     parameters: dict[str, Any] = Field(description="The generation parameters as JSON.")
 
 
+class ImageSafety(BaseModel):
+    """What the NSFW classifiers said about an image."""
+
+    score: float | None = Field(description="The highest score (0 to 1); null when nothing scored it.")
+    classifier: str | None = Field(description="The classifier that gave the highest score.")
+    scores: dict[str, float] = Field(description="Each classifier's score.")
+    pending: bool = Field(description="Not every configured classifier has scored it yet (strict mode hides it).")
+
+
 class ImageDetail(SearchItem):
     """The full record of one image."""
 
@@ -71,6 +82,8 @@ class ImageDetail(SearchItem):
     generation: dict[str, Any] | None
     raw_metadata: dict[str, Any]
     reproduce: Reproduce
+    safety: ImageSafety | None = Field(description="Its NSFW scores and the classifiers that gave them (admins "
+                                                   "only; null for everyone else).")
 
 
 class SimilarResponse(BaseModel):
@@ -218,13 +231,21 @@ class UserOut(BaseModel):
     role: str
 
 
+class SafeModes(BaseModel):
+    default: Literal["strict", "moderate", "off"] = Field(description="The level of a search that names none.")
+    levels: list[Literal["strict", "moderate", "off"]] = Field(description="The levels this caller may ask for, "
+                                                                            "strict first.")
+
+
 class Me(BaseModel):
-    """Who the caller is, what anonymous callers may do here, and the CSRF token a signed-in page sends."""
+    """Who the caller is, what anonymous callers may do here, the CSRF token a signed-in page sends, and the
+    safe-mode levels the caller may use."""
 
     user: UserOut | None
     via: Literal["token", "session", "anonymous"]
     anonymous: Literal["none", "read", "create"]
     csrf_token: str | None = Field(description="Send as X-CSRF-Token with every state-changing request.")
+    safe: SafeModes
 
 
 class Login(BaseModel):

@@ -6,16 +6,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 from promptdex import accounts
 from promptdex.accounts import Role, User
-from promptdex.errors import Forbidden, Unauthorized
-from promptdex.settings import AnonymousAccess
+from promptdex.errors import Forbidden, NotFound, Unauthorized
+from promptdex.records import Image
+from promptdex.safety import resolve_level, role_levels, shown_at
+from promptdex.settings import AnonymousAccess, SafeLevel
 from search_api.deps import State
 from search_api.middleware import SAFE_METHODS, split_list
+from search_api.service import SearchService
+from search_api.state import AppState
 
 SESSION_COOKIE = "promptdex_session"
 CSRF_COOKIE = "promptdex_csrf"
@@ -48,6 +52,10 @@ class Caller:
     @property
     def is_admin(self) -> bool:
         return self.user is not None and self.user.role is Role.ADMIN
+
+    @property
+    def role_name(self) -> str | None:
+        return self.user.role.value if self.user else None
 
 
 _BAD_CREDENTIALS = "sign-in failed: the token or session is unknown, expired or revoked"
@@ -158,3 +166,34 @@ def require_role(needed: Role) -> Callable[..., object]:
 
 Creator = Annotated[Caller, Depends(require_role(Role.CREATOR))]
 Admin = Annotated[Caller, Depends(require_role(Role.ADMIN))]
+
+
+SAFE_HELP = ("Safe mode: strict (only images scored safe), moderate (flagged ones too, marked `nsfw`; the most "
+             "explicit hidden) or off. Default and most permissive level by role; one past it is 403.")
+
+
+def safe_for(caller: Caller, state: State, requested: SafeLevel | None) -> SafeLevel:
+    """The safe-mode level of this caller's search (403 when they asked for more than their role allows)."""
+    return resolve_level(requested, caller.role_name, state.settings.safety)
+
+
+def widest_level(caller: Caller, state: State) -> SafeLevel:
+    """The most permissive level this caller may use: what image detail and the file routes go by."""
+    return role_levels(caller.role_name, state.settings.safety)[1][-1]
+
+
+async def safe_level(caller: CurrentUser, state: State,
+                     safe: Annotated[SafeLevel | None, Query(description=SAFE_HELP)] = None) -> SafeLevel:
+    return safe_for(caller, state, safe)
+
+
+SafeMode = Annotated[SafeLevel, Depends(safe_level)]
+
+
+def visible_image(service: SearchService, state: AppState, caller: Caller, image_id: int) -> Image:
+    """The image, unless no safe-mode level the caller's role allows would show it (404 then, as for no image):
+    image detail, similar and the file routes go by this."""
+    image = service.image(image_id)
+    if not shown_at(image.safety, widest_level(caller, state), state.settings.safety):
+        raise NotFound(f"no image with id {image_id}")
+    return image

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 BASE = "http://localhost"  # a Host name the API answers by default
 ITEM_KEYS = {"id", "url", "thumb_url", "prompt", "negative_prompt", "seed", "steps", "cfg", "sampler", "scheduler",
-             "model", "model_hash", "width", "height", "source", "created_at", "score"}
+             "model", "model_hash", "width", "height", "source", "created_at", "score", "nsfw"}
 
 
 @pytest.fixture(scope="module")
