@@ -125,5 +125,7 @@ class ImageFilter(BaseModel):
     nsfw_below: float | None = None  # hide images scoring at or above this
     nsfw_complete: bool | None = None  # True: hide images not scored by every configured classifier yet
 
-    def is_empty(self) -> bool:
-        return all(value is None for value in self.model_dump().values())
+    def is_empty(self, *, besides_safety: bool = False) -> bool:
+        """No constraint at all (`besides_safety`: none but the safe-mode bounds, which few images fail)."""
+        skip = {"nsfw_below", "nsfw_complete"} if besides_safety else set()
+        return all(value is None for name, value in self.model_dump().items() if name not in skip)

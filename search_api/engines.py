@@ -287,7 +287,8 @@ class Engines:
         return {"tiny": self.settings.models == ModelsMode.TINY, "clip": e.clip.model_id, "clip_dim": e.clip.dim,
                 "prompt": e.prompt.model_id, "prompt_dim": e.prompt.dim,
                 "runtime": {"clip": e.clip.runtime, "prompt": e.prompt.runtime},
-                "query_cache": self.cache.stats(), "query_batches": batches}
+                "query_cache": self.cache.stats(), "query_batches": batches,
+                "safety": {"classifiers": self._scorer.names}}
 
 
 def _bundle_health(handle: BundleHandle) -> dict[str, Any]:

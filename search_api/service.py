@@ -157,7 +157,8 @@ class SearchService:
         """The ranking with the nearest images by CLIP vector as one of its lists (between `before` and `after`),
         and the FAISS score of each; widens k until `n` of the neighbours survive the filters."""
         # with no filter and nothing excluded, almost every neighbour survives: ask for few more than needed
-        k = max(n + 8, 16) if filters.is_empty() and not exclude else max(n * 2, 64)
+        # (the safe-mode bounds rarely reject one; where they do, k widens below)
+        k = max(n + 8, 16) if filters.is_empty(besides_safety=True) and not exclude else max(n * 2, 64)
         while True:
             ids, scores = self.engines.image_search(vector, k)
             candidates = Candidates(Source.IMAGES, [i for i in ids if not exclude or i not in exclude])
