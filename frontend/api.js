@@ -1,6 +1,7 @@
 // api.js — the search API's endpoints as functions; errors carry the server's `detail` text.
 //
-// A signed-in browser sends the CSRF token (the readable promptdex_csrf cookie) with every state-changing
+// Every search-type call takes the safe-mode level (`safe`: strict | moderate | off; null leaves it to the caller's
+// default). A signed-in browser sends the CSRF token (the readable promptdex_csrf cookie) with every state-changing
 // request. A 401 from anything but the sign-in endpoints fires "promptdex:unauthorized" on window, so the
 // page can check whether its session ended or the instance is private.
 
@@ -98,13 +99,15 @@ async function request(path, { params, method = "GET", json, form, signal, quiet
 }
 
 export const api = {
-  search: (params, signal) => request("/api/search", { params, signal }),
-  suggest: (q, signal) => request("/api/suggest", { params: { q }, signal }),
+  search: (params, signal) => request("/api/search", { params, signal }), // `params` carries `safe`
+  suggest: (q, safe, signal) => request("/api/suggest", { params: { q, safe }, signal }),
   image: (id, signal) => request(`/api/images/${encodeURIComponent(id)}`, { signal }),
-  similar: (id, k, signal) => request(`/api/images/${encodeURIComponent(id)}/similar`, { params: { k }, signal }),
-  searchByImage(file, k, signal) {
+  similar: (id, k, safe, signal) =>
+    request(`/api/images/${encodeURIComponent(id)}/similar`, { params: { k, safe }, signal }),
+  searchByImage(file, k, safe, signal) {
     const form = new FormData();
     form.append("file", file, file.name || "image");
+    if (safe) form.append("safe", safe);
     return request("/api/search/image", { method: "POST", form, params: { k }, signal });
   },
   createJobs: (kind, imageId, count) =>
@@ -127,6 +130,6 @@ export const api = {
   me: () => request("/api/auth/me", { quiet401: true }),
   login: (name, password) => request("/api/auth/login", { method: "POST", json: { name, password }, quiet401: true }),
   logout: () => request("/api/auth/logout", { method: "POST", quiet401: true }),
-  facets: () => request("/api/facets"),
+  facets: (safe) => request("/api/facets", { params: { safe } }),
   health: () => request("/api/health"),
 };

@@ -11,6 +11,7 @@ import { DetailView } from "./detail.js";
 import { $, announce, debounce, h, isAbort, isTyping } from "./dom.js";
 import { Masonry } from "./grid.js";
 import { onJobDone, resetJobs } from "./jobs.js";
+import { SafeSwitch, blurs, rememberReveal, safeLevel, setSafeAccess } from "./safe.js";
 import { mount, store, update } from "./store.js";
 import { Suggestions } from "./suggest.js";
 import { setupImageSearch } from "./upload.js";
@@ -26,15 +27,20 @@ const state = {
   tookMs: null,
   loadingMore: false,
   controller: null,
-  imageQuery: null, // {name, url} while results come from an uploaded image
+  imageQuery: null, // {name, url, file} while results come from an uploaded image
   opener: null, // the card that opened the detail view (focus returns there)
   started: false, // the first /api/auth/me has answered
   remixing: null, // the image whose Remix waits for the detail view to close
 };
 
-const grid = new Masonry($("#results"), { onOpen: (id) => openImage(id, "push") });
+const grid = new Masonry($("#results"), {
+  onOpen: (id) => openImage(id, "push"),
+  blur: blurs, // safe mode: flagged cards are drawn blurred, a click reveals them
+  onReveal: rememberReveal,
+});
 const detail = new DetailView({
   onOpenImage: (id) => openImage(id, "push"),
+  onReveal: (id) => grid.reveal(id),
   onClose: () => requestClose(),
   onStep: (delta) => step(delta),
   onRemix: (item) => {
@@ -56,6 +62,7 @@ function signInToCreate() {
 
 mount($("#create-bar"), CreateBar, { onSignIn: signInToCreate });
 mount($("#create-root"), CreatePanel, { onSignIn: signInToCreate });
+mount($("#safe-root"), SafeSwitch, { onChange: () => safeChanged() });
 
 // ---------------------------------------------------------------- states and status
 
@@ -144,6 +151,7 @@ function accountChanged() {
   const before = store.state.account;
   const user = account.user || null;
   update({ account: { known: !!account.me, user, anonymous: account.anonymous, canCreate: account.canCreate } });
+  if (setSafeAccess(account.safe) && state.started) detail.safeChanged(); // the search below runs at the new level
   if (!state.started) return;
   if (JSON.stringify(before.user) !== JSON.stringify(user)) resetJobs(); // another user's jobs are not ours to follow
   createAccountChanged();
@@ -157,6 +165,28 @@ function accountChanged() {
 }
 
 // ---------------------------------------------------------------- searching
+
+/** GET /api/search's parameters for the options, at the safe-mode level in use. */
+function searchParams(cursor) {
+  return { ...apiParams(state.options, cursor), safe: safeLevel() };
+}
+
+/** A 403 may mean the level is no longer allowed (signed out elsewhere): ask who we are, which re-runs the search. */
+async function refusedLevel(error, signal) {
+  if (error.status !== 403) return false;
+  await account.refresh();
+  return signal.aborted;
+}
+
+/** The user picked another safe-mode level: search again (the image search too), and the detail view follows. */
+function safeChanged() {
+  announce(`Safe mode: ${safeLevel()}`);
+  if (account.mustSignIn) return;
+  if (state.imageQuery) searchByImage(state.imageQuery.file);
+  else runSearch();
+  detail.safeChanged();
+  loadSideInfo();
+}
 
 function syncUrl() {
   if (IMAGE_PATH.test(window.location.pathname)) return; // the detail URL keeps the search it was opened from
@@ -223,13 +253,13 @@ async function runSearch() {
   }
   const signal = beginLoading();
   try {
-    const result = await api.search(apiParams(state.options), signal);
+    const result = await api.search(searchParams(), signal);
     if (signal.aborted) return;
     showResults(result.data || [], result.next_cursor || null, result.took_ms);
   } catch (error) {
     if (isAbort(error) || signal.aborted) return;
     clearResults();
-    if ((await privateAfter(error)) || signal.aborted) return;
+    if ((await privateAfter(error)) || (await refusedLevel(error, signal)) || signal.aborted) return;
     showError(error, { label: "Try again", run: runSearch });
   }
 }
@@ -242,7 +272,7 @@ async function loadMore() {
   more.hidden = false;
   more.replaceChildren(h("span", { class: "spinner", "aria-hidden": "true" }), h("span", {}, "Loading more…"));
   try {
-    const result = await api.search(apiParams(state.options, state.cursor), signal);
+    const result = await api.search(searchParams(state.cursor), signal);
     if (signal.aborted) return false;
     const items = result.data || [];
     state.items = state.items.concat(items);
@@ -293,20 +323,20 @@ async function searchByImage(file) {
   typed.cancel();
   suggestions.cancel();
   clearImageQuery({ search: false });
-  state.imageQuery = { name: file.name || "pasted image", url: URL.createObjectURL(file) };
+  state.imageQuery = { name: file.name || "pasted image", url: URL.createObjectURL(file), file };
   $("#image-banner-thumb").src = state.imageQuery.url;
   $("#image-banner-name").textContent = state.imageQuery.name;
   $("#image-banner").hidden = false;
   document.title = "Your image · promptdex";
   const signal = beginLoading();
   try {
-    const result = await api.searchByImage(file, IMAGE_SEARCH_K, signal);
+    const result = await api.searchByImage(file, IMAGE_SEARCH_K, safeLevel(), signal);
     if (signal.aborted) return;
     showResults(result.data || [], null, result.took_ms);
   } catch (error) {
     if (isAbort(error) || signal.aborted) return;
     clearResults();
-    if ((await privateAfter(error)) || signal.aborted) return;
+    if ((await privateAfter(error)) || (await refusedLevel(error, signal)) || signal.aborted) return;
     // 413 (too large) and 415 (not an image) say why; retrying the same file would not help
     showError(error, { label: "Clear image search", run: () => clearImageQuery() });
   }
@@ -338,8 +368,11 @@ async function showMadeImages(ids) {
   const fresh = [...new Set(ids.map(String))].filter((id) => indexOfImage(id) < 0);
   if (!fresh.length) return;
   const found = await Promise.all(fresh.map((id) => api.image(id).catch(() => null)));
-  // The worker writes no thumbnail (`promptdex index` does): a new card shows the image itself.
-  const items = found.filter((item) => item && indexOfImage(item.id) < 0).map((item) => ({ ...item, thumb_url: item.url }));
+  // The worker writes no thumbnail (`promptdex index` does): a new card shows the image itself. Strict mode
+  // shows no flagged image, as the search would not.
+  const items = found
+    .filter((item) => item && indexOfImage(item.id) < 0 && !(safeLevel() === "strict" && item.nsfw === true))
+    .map((item) => ({ ...item, thumb_url: item.url }));
   if (!items.length || !showsNewest()) return;
   state.items = items.concat(state.items);
   grid.prepend(items);
@@ -511,7 +544,7 @@ function setupControls() {
 }
 
 async function loadSideInfo() {
-  const [facets, health] = await Promise.allSettled([api.facets(), api.health()]);
+  const [facets, health] = await Promise.allSettled([api.facets(safeLevel()), api.health()]);
   if (facets.status === "fulfilled" && facets.value) fillFacets(facets.value);
   if (health.status === "fulfilled" && health.value && health.value.models && health.value.models.tiny === true) {
     $("#tiny-banner").hidden = false;

@@ -6,7 +6,7 @@ import { $, announce, h } from "./dom.js";
 const CREATE_ROLES = new Set(["creator", "admin"]);
 
 export class Account {
-  /** @param {{onChange: (account: Account) => void}} hooks called when the user, role or access changes */
+  /** @param {{onChange: (account: Account) => void}} hooks called when the user, role or access (safe mode too) changes */
   constructor(hooks) {
     this.hooks = hooks;
     this.me = null; // the last answer of /api/auth/me (null until known, or when it failed)
@@ -41,6 +41,11 @@ export class Account {
     return this.me ? this.me.anonymous : "read";
   }
 
+  /** The safe-mode levels this caller may use and its default ({default, levels}); null when not known. */
+  get safe() {
+    return (this.me && this.me.safe) || null;
+  }
+
   /** Nothing can be read without signing in (private instance, nobody signed in). */
   get mustSignIn() {
     return !!this.me && !this.user && this.me.anonymous === "none";
@@ -66,7 +71,7 @@ export class Account {
   }
 
   set(me) {
-    const key = (value) => JSON.stringify(value ? [value.user, value.anonymous] : null);
+    const key = (value) => JSON.stringify(value ? [value.user, value.anonymous, value.safe ?? null] : null);
     const changed = key(me) !== key(this.me);
     this.me = me;
     setCsrfToken(me && me.csrf_token);

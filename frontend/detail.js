@@ -1,4 +1,6 @@
 // detail.js — the detail view: full image, every parameter, copy buttons, similar images, jobs, Remix.
+//
+// In safe mode a flagged image shows blurred until clicked; admins see its NSFW scores (the record's `safety`).
 
 import { api } from "./api.js";
 import { bindCopyButton } from "./clipboard.js";
@@ -6,6 +8,7 @@ import { $, announce, h, isAbort, truncate } from "./dom.js";
 import { Masonry } from "./grid.js";
 import { queueImageJobs } from "./jobs.js";
 import { JobList } from "./queue.js";
+import { blurs, rememberReveal, safeLevel } from "./safe.js";
 import { mount, refresh } from "./store.js";
 
 const SIMILAR_K = 24;
@@ -26,21 +29,41 @@ function shortHash(hash) {
   return hash && hash.length > 12 ? hash.slice(0, 10) : hash;
 }
 
+function score(value) {
+  return Number(value).toFixed(2);
+}
+
+/** "NSFW score 0.93 (nudenet)" for an admin's `safety` record ({score, classifier, scores, pending}). */
+export function safetySummary(safety) {
+  if (safety.score === null || safety.score === undefined) return "NSFW score: not scored yet";
+  const by = safety.classifier ? ` (${safety.classifier})` : "";
+  return `NSFW score ${score(safety.score)}${by}${safety.pending ? " · not scored yet by every classifier" : ""}`;
+}
+
 export class DetailView {
   /**
    * @param {{onOpenImage: (id: string) => void, onClose: () => void, onStep: (delta: number) => void,
-   *          onRemix: (item: object) => void}} hooks
+   *          onRemix: (item: object) => void, onReveal: (id: string) => void}} hooks `onReveal`: the user revealed
+   *          a flagged image here (the grid behind reveals it too)
    */
   constructor(hooks) {
     this.hooks = hooks;
     this.dialog = $("#detail");
+    this.figure = $("#detail-figure");
     this.image = $("#detail-image");
     this.status = $("#detail-status");
-    this.similarGrid = new Masonry($("#similar-grid"), { onOpen: (id) => hooks.onOpenImage(id), caption: false });
+    const revealed = (id) => {
+      rememberReveal(id);
+      hooks.onReveal(id);
+    };
+    this.similarGrid = new Masonry($("#similar-grid"), {
+      onOpen: (id) => hooks.onOpenImage(id), caption: false, blur: blurs, onReveal: revealed,
+    });
     this.similarState = $("#similar-state");
     this.jobAccess = { allowed: false, hint: "" };
     this.current = null; // the record shown (list item, then the full detail)
     this.controller = null;
+    this.similarController = null;
     this.id = null;
     // The jobs queued from this view (for this image), from the page's one job queue.
     mount($("#job-list"), JobList, { filter: (record) => this.id !== null && record.origin.imageId === this.id
@@ -56,6 +79,13 @@ export class DetailView {
     ];
     for (const [selector, getText, what] of copies) bindCopyButton($(selector), getText, what);
 
+    // A blurred image: a click on it (or on its label, a button) takes the blur off.
+    this.figure.addEventListener("click", () => {
+      if (!this.figure.classList.contains("nsfw-blur") || !this.current) return;
+      revealed(this.current.id);
+      this.applyBlur(this.current);
+      announce("Image revealed");
+    });
     $("#detail-close").addEventListener("click", () => hooks.onClose());
     $("#detail-prev").addEventListener("click", () => hooks.onStep(-1));
     $("#detail-next").addEventListener("click", () => hooks.onStep(1));
@@ -190,6 +220,39 @@ export class DetailView {
     this.dialog.dataset.loaded = "error";
   }
 
+  /** Blur the large image when safe mode hides `item` (set before its src, so it never shows unblurred). */
+  applyBlur(item) {
+    const blurred = blurs(item);
+    const hadFocus = document.activeElement === $("#detail-reveal");
+    this.figure.classList.toggle("nsfw-blur", blurred);
+    if (item.nsfw === true) this.figure.dataset.nsfw = "1";
+    else delete this.figure.dataset.nsfw;
+    $("#detail-reveal").hidden = !blurred;
+    if (hadFocus && !blurred) $("#detail-close").focus({ preventScroll: true });
+  }
+
+  /** The level changed: blur (or not) the image shown, and find its similar images at the new level. */
+  safeChanged() {
+    if (this.id === null || !this.current || !this.controller) return;
+    this.applyBlur(this.current);
+    this.loadSimilar(this.id, this.controller.signal);
+  }
+
+  /** An admin's view of the NSFW scores (`safety` is null for everyone else: the block stays hidden). */
+  renderSafety(item) {
+    const block = $("#detail-safety");
+    const safety = item.safety;
+    block.hidden = !safety;
+    if (!safety) return;
+    const flagged = item.nsfw === true ? " · flagged" : "";
+    $("#detail-safety-score").textContent = `${safetySummary(safety)}${flagged}`;
+    const scores = Object.entries(safety.scores || {}).sort(([a], [b]) => a.localeCompare(b));
+    $("#detail-safety-scores").replaceChildren(
+      ...scores.map(([name, value]) =>
+        h("div", { class: "param", dataset: { classifier: name } }, h("dt", {}, name), h("dd", {}, score(value)))),
+    );
+  }
+
   render(item, { partial }) {
     this.current = item;
     this.dialog.dataset.loaded = partial ? "partial" : "full";
@@ -200,6 +263,7 @@ export class DetailView {
 
     const fig = this.image;
     fig.hidden = false;
+    this.applyBlur(item);
     if (item.url && fig.getAttribute("src") !== item.url) {
       fig.classList.remove("loaded");
       // The cached thumbnail shows (blurred) until the full image arrives.
@@ -214,6 +278,8 @@ export class DetailView {
       fig.src = item.url;
     }
     $("#detail-open").href = item.url || "#";
+    if (!partial) this.renderSafety(item);
+    else $("#detail-safety").hidden = true;
 
     $("#detail-prompt").textContent = prompt || "(no prompt recorded)";
     $("#detail-prompt").classList.toggle("muted", !prompt);
@@ -261,13 +327,19 @@ export class DetailView {
     this.updateJobButtons();
   }
 
-  async loadSimilar(id, signal) {
+  /** Fill the similar grid at the current safe level (a new call replaces a pending one; `imageSignal`: the image's). */
+  async loadSimilar(id, imageSignal) {
+    this.similarController?.abort();
+    const controller = new AbortController();
+    this.similarController = controller;
+    imageSignal.addEventListener("abort", () => controller.abort(), { once: true });
+    const { signal } = controller;
     this.similarGrid.clear();
     this.similarState.hidden = false;
     this.similarState.dataset.kind = "loading";
     this.similarState.textContent = "Finding similar images…";
     try {
-      const result = await api.similar(id, SIMILAR_K, signal);
+      const result = await api.similar(id, SIMILAR_K, safeLevel(), signal);
       if (signal.aborted) return;
       const items = (result.data || []).filter((item) => String(item.id) !== String(id));
       this.similarGrid.append(items);

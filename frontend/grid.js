@@ -2,12 +2,15 @@
 //
 // Cards stay in result order in the DOM (so Tab and screen readers follow the ranking); the grid's
 // sparse auto-placement puts each card in the first column with room, which fills the shortest column.
+// A flagged card (safe mode) is drawn blurred with a label; the first click, Enter or Space reveals it and
+// the next one opens it.
 
 import { h, truncate } from "./dom.js";
 
 const ROW = 4; // px; must match grid-auto-rows in app.css
 const MIN_RATIO = 0.45; // height / width limits: extreme panoramas or strips are cropped a little
 const MAX_RATIO = 2.2;
+export const REVEAL_LABEL = "Flagged — click to reveal";
 
 export function imageHref(id) {
   return `/image/${encodeURIComponent(id)}`;
@@ -36,7 +39,8 @@ function thumbFailed(event) {
   img.closest(".card")?.classList.add("broken");
 }
 
-export function cardFor(item, { caption = true } = {}) {
+/** A card for `item`; `blurred`: hidden behind a blur and a label until revealed (the prompt too). */
+export function cardFor(item, { caption = true, blurred = false } = {}) {
   const { width, height } = sizeAttrs(item);
   const alt = item.prompt ? truncate(item.prompt, 160) : `Image ${item.id}`;
   const meta = [item.model, item.sampler, item.width && item.height ? `${item.width}×${item.height}` : null]
@@ -45,14 +49,15 @@ export function cardFor(item, { caption = true } = {}) {
   return h(
     "a",
     {
-      class: "card",
+      class: blurred ? "card nsfw-blur" : "card",
       href: imageHref(item.id),
-      dataset: { id: String(item.id) },
+      "aria-label": blurred ? "Flagged image, blurred. Press Enter to reveal it." : null,
+      dataset: { id: String(item.id), ...(item.nsfw === true ? { nsfw: "1" } : {}) },
       style: { "--ratio": String(ratioOf(item)) },
     },
     h("img", {
       src: item.thumb_url || `/thumbs/${item.id}`,
-      alt,
+      alt: blurred ? "" : alt,
       loading: "lazy",
       decoding: "async",
       width,
@@ -60,8 +65,9 @@ export function cardFor(item, { caption = true } = {}) {
       draggable: "false",
       onload: (event) => event.currentTarget.classList.add("loaded"),
       onerror: thumbFailed,
-      dataset: { full: item.url || "" },
+      dataset: { full: item.url || "", alt },
     }),
+    blurred ? h("span", { class: "nsfw-label", "aria-hidden": "true" }, REVEAL_LABEL) : null,
     caption
       ? h(
           "span",
@@ -73,24 +79,61 @@ export function cardFor(item, { caption = true } = {}) {
   );
 }
 
+/** Take the blur off a card drawn blurred: the image, its description and its caption show. */
+export function revealCard(card) {
+  if (!card.classList.contains("nsfw-blur")) return false;
+  card.classList.remove("nsfw-blur");
+  card.removeAttribute("aria-label");
+  card.querySelector(".nsfw-label")?.remove();
+  const img = card.querySelector("img");
+  if (img) img.alt = img.dataset.alt || "";
+  return true;
+}
+
 export class Masonry {
   /**
    * @param {HTMLElement} root the grid element (class "grid")
-   * @param {{onOpen: (id: string, event: MouseEvent) => void, caption?: boolean}} options
+   * @param {{onOpen: (id: string, event: MouseEvent) => void, caption?: boolean, blur?: (item: object) => boolean,
+   *          onReveal?: (id: string) => void}} options `blur`: whether a card is drawn blurred (safe mode);
+   *          `onReveal`: the user revealed one
    */
-  constructor(root, { onOpen, caption = true }) {
+  constructor(root, { onOpen, caption = true, blur = () => false, onReveal = () => {} }) {
     this.root = root;
     this.caption = caption;
+    this.blur = blur;
     this.column = 0;
     this.gap = 0;
+    const reveal = (card) => {
+      revealCard(card);
+      onReveal(card.dataset.id);
+    };
     root.addEventListener("click", (event) => {
       const card = event.target.closest("a.card");
       if (!card || !root.contains(card)) return;
+      if (card.classList.contains("nsfw-blur") && !event.defaultPrevented) {
+        event.preventDefault(); // any click (a new tab too) only reveals a blurred card
+        reveal(card);
+        return;
+      }
       if (event.defaultPrevented || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) {
         return; // let the browser open a new tab or window
       }
       event.preventDefault();
       onOpen(card.dataset.id, event);
+    });
+    // Space reveals a blurred card too (Enter already clicks a link).
+    root.addEventListener("keydown", (event) => {
+      const card = event.target.closest && event.target.closest("a.card.nsfw-blur");
+      if (!card || !root.contains(card) || event.key !== " " || event.metaKey || event.ctrlKey || event.altKey) return;
+      event.preventDefault();
+      reveal(card);
+    });
+    // A blurred card's middle click would open a new tab: it reveals instead.
+    root.addEventListener("auxclick", (event) => {
+      const card = event.target.closest("a.card.nsfw-blur");
+      if (!card || !root.contains(card) || event.button !== 1) return;
+      event.preventDefault();
+      reveal(card);
     });
     // Column widths change only with the window (a ResizeObserver on the grid would also see its own
     // height change as cards are placed, and loop).
@@ -111,7 +154,7 @@ export class Masonry {
 
   append(items) {
     const fragment = document.createDocumentFragment();
-    const cards = items.map((item) => cardFor(item, { caption: this.caption }));
+    const cards = items.map((item) => cardFor(item, { caption: this.caption, blurred: this.blur(item) }));
     fragment.append(...cards);
     this.root.append(fragment);
     this.measure();
@@ -123,7 +166,7 @@ export class Masonry {
 
   /** Put `items` first (images just made, in a view of the newest). */
   prepend(items) {
-    const cards = items.map((item) => cardFor(item, { caption: this.caption }));
+    const cards = items.map((item) => cardFor(item, { caption: this.caption, blurred: this.blur(item) }));
     this.root.prepend(...cards);
     this.measure();
     for (const card of cards) this.place(card);
@@ -133,6 +176,12 @@ export class Masonry {
 
   cardById(id) {
     return this.root.querySelector(`a.card[data-id="${CSS.escape(String(id))}"]`);
+  }
+
+  /** Reveal the card of image `id`, if it is here and blurred (it was revealed elsewhere). */
+  reveal(id) {
+    const card = this.cardById(id);
+    return card ? revealCard(card) : false;
   }
 
   measure() {

@@ -1,4 +1,4 @@
-// store.js — the page's one state object for what Preact renders (account, Create form, job queue).
+// store.js — the page's one state object for what Preact renders (account, safe mode, Create form, job queue).
 //
 // `update(recipe)` replaces parts of the state (recipe: a patch object, or a function of the state returning one)
 // and re-renders every mounted view once, on the next microtask. Views are functions of the state: they read it,
@@ -20,6 +20,8 @@ export const store = {
     create: null,
     /** The job queue (jobs.js owns it): ids newest first, records by id. */
     jobs: { order: [], byId: {}, listed: false, listError: "" },
+    /** Safe mode (safe.js owns it): the levels this caller may use (strict first), its default, the one in use. */
+    safe: { levels: [], defaultLevel: null, level: null },
   },
 };
 

@@ -2,6 +2,7 @@
 
 import { api } from "./api.js";
 import { debounce, h, isAbort } from "./dom.js";
+import { safeLevel } from "./safe.js";
 
 const SUGGEST_MS = 150;
 const MAX_SUGGESTIONS = 8;
@@ -83,7 +84,7 @@ export class Suggestions {
     this.controller = new AbortController();
     const { signal } = this.controller;
     try {
-      const result = await api.suggest(text, signal);
+      const result = await api.suggest(text, safeLevel(), signal);
       if (signal.aborted || this.input.value !== text || document.activeElement !== this.input) return;
       this.render((result.data || []).slice(0, MAX_SUGGESTIONS), text);
     } catch (error) {

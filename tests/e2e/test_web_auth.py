@@ -168,7 +168,8 @@ def test_sign_in_and_out_with_the_form(web: Web, site: Site) -> None:
     assert web.page.is_hidden("#account-name")
     assert web.page.evaluate("document.activeElement.id") == "signin-toggle"
     assert "promptdex_session" not in cookies(web)
-    assert me(web) == {"user": None, "via": "anonymous", "anonymous": "read", "csrf_token": None}
+    assert me(web) == {"user": None, "via": "anonymous", "anonymous": "read", "csrf_token": None,
+                       "safe": {"default": "strict", "levels": ["strict", "moderate"]}}
 
 
 def test_a_wrong_password_shows_the_error_and_does_not_sign_in(web: Web, site: Site) -> None:
