@@ -96,34 +96,38 @@ class Scorer:
         """The image classifiers whose score is missing from `scores` or was made under another key."""
         return [c.name for c in self.images if c.name not in scores or scores[c.name].key != c.key]
 
+    def stale_prompts(self, scores: Mapping[str, ClassifierScore]) -> bool:
+        """Whether a prompt classifier's score is missing from `scores` or was made under another key."""
+        return any(c.name not in scores or scores[c.name].key != c.key for c in self.prompt)
+
     def combine(self, scores: Mapping[str, ClassifierScore]) -> SafetyScore:
         """The record of an image: the configured classifiers' scores, the highest, and the set's key when all of
         them scored it under their current keys (scores of classifiers no longer configured are dropped)."""
-        current = {c.name: c.key for c in self.prompt}
-        if self.images:
-            current.update({c.name: c.key for c in self.images})
-        kept = {name: s for name, s in scores.items() if name in current}
+        current = {c.name: c.key for c in self.prompt} | {c.name: c.key for c in self.images}
         if not current:
             return SafetyScore(score=0.0, by=NONE_KEY, scores={}, key=NONE_KEY)
-        best = max(kept.items(), key=lambda item: item[1].score, default=None)
+        kept = {name: s for name, s in scores.items() if name in current}
         complete = all(name in kept and kept[name].key == key for name, key in current.items())
-        return SafetyScore(score=best[1].score if best else None, by=best[0] if best else None, scores=kept,
-                           key=self.key if complete else None)
+        return _highest(kept, key=self.key if complete else None)
 
     def for_prompt_only(self, prompt: str) -> SafetyScore:
         """What import knows (it decodes no pixels): the prompt's scores; complete only without image classifiers."""
         scores = self.prompt_scores(prompt)
         if not self.images:
             return self.combine(scores)
-        # pending until index scores the pixels; image classifiers are not loaded for this
-        best = max(scores.items(), key=lambda item: item[1].score, default=None)
-        return SafetyScore(score=best[1].score if best else None, by=best[0] if best else None, scores=scores)
+        return _highest(scores, key=None)  # pending until index scores the pixels (image classifiers not loaded)
 
     def for_image(self, prompt: str, image: Any) -> SafetyScore:
         """Every configured classifier's score of one decoded image and its prompt (generation: before storing)."""
         scores = self.prompt_scores(prompt)
         scores.update(self.image_scores([image])[0])
         return self.combine(scores)
+
+
+def _highest(scores: dict[str, ClassifierScore], *, key: str | None) -> SafetyScore:
+    """The record of these scores: the highest and its classifier (None when there are none)."""
+    best = max(scores.items(), key=lambda item: item[1].score, default=None)
+    return SafetyScore(score=best[1].score if best else None, by=best[0] if best else None, scores=scores, key=key)
 
 
 def _unit(score: float) -> float:

@@ -65,7 +65,7 @@ def score_rows(scorer: Scorer, stale: Sequence[dict[str, Any]], pixels: Mapping[
     need: list[tuple[int, list[str]]] = []  # (position, stale image classifiers)
     for position, row in enumerate(stale):
         scores = {name: ClassifierScore.model_validate(s) for name, s in (row["nsfw_scores"] or {}).items()}
-        if any(name not in scores or scores[name].key != c.key for name, c in ((c.name, c) for c in scorer.prompt)):
+        if scorer.stale_prompts(scores):
             fresh = scorer.prompt_scores(str(row["prompt"]))
             scores.update(fresh)
             if row["prompt_id"] is not None and fresh:

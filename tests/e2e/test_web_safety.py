@@ -118,6 +118,13 @@ def choose(web: Web, level: str) -> None:
     web.settle()
 
 
+def search_requests(web: Web) -> list[str]:
+    """The URLs of every search-type call the page makes from now on (filled in as they are sent)."""
+    sent: list[str] = []
+    web.page.on("request", lambda r: SEARCH_PATHS.search(r.url) and sent.append(r.url))
+    return sent
+
+
 def detail_open(web: Web) -> bool:
     return bool(web.page.evaluate("document.querySelector('#detail').open"))
 
@@ -126,8 +133,7 @@ def detail_open(web: Web) -> bool:
 
 
 def test_anonymous_default_is_strict_and_hides_flagged_images(web: Web, site: Site) -> None:
-    sent: list[str] = []
-    web.page.on("request", lambda r: SEARCH_PATHS.search(r.url) and sent.append(r.url))
+    sent = search_requests(web)
     web.goto("/")
     wait_results(web)
     web.settle()
@@ -234,8 +240,7 @@ def test_a_flagged_image_opened_from_its_url_is_blurred_until_clicked(web: Web, 
 
 def test_a_remembered_off_is_clamped_for_anonymous_callers(web: Web, site: Site) -> None:
     web.page.add_init_script("localStorage.setItem('promptdex.safe', 'off')")
-    sent: list[str] = []
-    web.page.on("request", lambda r: SEARCH_PATHS.search(r.url) and sent.append(r.url))
+    sent = search_requests(web)
     web.goto("/")
     wait_results(web)
     web.settle()
