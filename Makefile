@@ -10,7 +10,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[all,nudenet]'  # nudenet (AGPL-3.0) is optional: the tests score with it
+	$(PY) -m pip install -q -e '.[all,nudenet,cluster]'  # nudenet (AGPL-3.0) and ray are optional: the tests use them
 	touch $@
 
 test: install
