@@ -42,6 +42,10 @@ def register(sub: Any) -> None:
     _add_runtime(gen)
     gen.add_argument("--batch", type=int, help="images per pipeline call")
     gen.add_argument("--enqueue", action="store_true", help="queue jobs for `promptdex worker` instead")
+    gen.add_argument("--ray", metavar="ADDRESS", help="run as a Ray Data job on the cluster at ADDRESS "
+                     "(HOST:PORT of its head; needs promptdex[cluster])")
+    gen.add_argument("--actors", type=int, help="with --ray: pipelines (actors) to run (default: one per GPU, "
+                     "else per CPU)")
     gen.add_argument("--json", action="store_true", help="print a JSON list of ids")
     gen.set_defaults(func=run_generate)
 
@@ -149,8 +153,18 @@ def run_generate(args: argparse.Namespace, settings: Settings) -> int:
     from generator.output import store_input_image
     from generator.requests import check_inputs
     from generator.service import inputs_path
+    from promptdex.storage import check_storage
 
     _check_runtime(args)
+    check_storage(settings)  # PROMPTDEX_STORAGE_URL that cannot be written and read back: one clear error now
+    if args.actors is not None and (not args.ray or args.actors < 1):
+        raise InvalidInput(f"--actors: {args.actors} is not accepted; accepted: 1 or more, with --ray")
+    if args.ray and args.enqueue:
+        raise InvalidInput("give either --ray or --enqueue, not both")
+    if args.ray:
+        from generator.fleet import import_ray
+
+        import_ray()  # a clear error before anything is written when the extra is missing
     drafts = _drafts(args, settings)
     from promptdex.catalog import warnings_for
 
@@ -165,6 +179,8 @@ def run_generate(args: argparse.Namespace, settings: Settings) -> int:
     requests = [d.request for d in drafts]
     if args.enqueue:
         return _enqueue(args, settings, requests)
+    if args.ray:
+        return _generate_on_ray(args, settings, requests)
     return _generate_now(args, settings, requests)
 
 
@@ -220,6 +236,25 @@ def _generate_now(args: argparse.Namespace, settings: Settings, requests: list[A
     out(json.dumps(ids) if args.json else " ".join(map(str, ids)))
     sys.stderr.write(f"generated {total} images ({outcome.created} new, {outcome.existing} already in the corpus, "
                      f"{outcome.blocked} blocked) in {time.monotonic() - started:.1f} s\n")
+    return 0
+
+
+def _generate_on_ray(args: argparse.Namespace, settings: Settings, requests: list[Any]) -> int:
+    from tqdm import tqdm
+
+    from generator.fleet import generate_on_ray
+
+    total = sum(len(r.seeds or []) for r in requests)
+    started = time.monotonic()
+    with tqdm(total=total, unit="img", desc="generate (ray)", file=sys.stderr, disable=None) as bar:
+        result = generate_on_ray(settings, requests, address=args.ray, actors=args.actors, device=args.device,
+                                 dtype=args.dtype, threads=args.threads, offline=_offline(args),
+                                 block_rows=args.batch or settings.generator.batch_size, progress=bar.update)
+    ids = [i for row in result["ids"] for i in row]
+    out(json.dumps(ids) if args.json else " ".join(map(str, ids)))
+    sys.stderr.write(f"generated {total} images on Ray ({result['created']} new, {result['existing']} already in "
+                     f"the corpus, {result['skipped']} skipped as stored, {result['blocked']} blocked) in "
+                     f"{time.monotonic() - started:.1f} s\n")
     return 0
 
 

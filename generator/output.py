@@ -29,6 +29,7 @@ from typing import Any
 from generator.hashing import sha256_bytes
 from promptdex.errors import InvalidInput
 from promptdex.records import NewImage
+from promptdex.storage import Storage, is_remote
 from promptdex.store import add_image, get_image_by_sha256
 
 logger = logging.getLogger(__name__)
@@ -87,14 +88,31 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def save_image(conn: Any, *, images_path: Path, data: bytes, image: NewImage) -> Saved:
+def _save_to_store(conn: Any, storage: Storage, *, data: bytes, image: NewImage, sha: str, rel: str) -> Saved:
+    """An object store: the object (content-addressed, one atomic PUT) first, then the row, so a crash leaves at
+    most an orphan object no row names, never a row without its object."""
+    import time
+
+    if storage.head(rel) is None:
+        storage.put(rel, data)
+    row = image.model_copy(update={"sha256": sha, "path": rel, "file_size": len(data), "file_mtime": time.time()})
+    with conn.transaction():
+        image_id, created = add_image(conn, image=row)
+    return Saved(image_id, created, Path(rel))
+
+
+def save_image(conn: Any, *, images_path: Path, data: bytes, image: NewImage,
+               storage: Storage | None = None) -> Saved:
     """Write the PNG and commit its row (see the module docstring). `image.sha256` and `path` are set here.
 
     `conn` must not be inside a transaction. Returns the row id; `created` is False when the same bytes were
-    already in the corpus (then no second row is made).
+    already in the corpus (then no second row is made). With a remote `storage` (PROMPTDEX_STORAGE_URL=s3://...)
+    the file goes there instead (`Saved.path` is then the key).
     """
     sha = sha256_bytes(data)
     rel = image_path(sha)
+    if storage is not None and is_remote(storage):
+        return _save_to_store(conn, storage, data=data, image=image, sha=sha, rel=rel)
     final = images_path / rel
     incoming = images_path / INCOMING
     incoming.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from promptdex.generation import GenerateRequest, random_seeds
 from promptdex.inputs import inputs_path
 from promptdex.records import Image, NewImage
 from promptdex.settings import Settings
+from promptdex.storage import get_storage
 
 logger = logging.getLogger(__name__)
 
@@ -286,7 +287,8 @@ def store_rendered(conn: Any, settings: Settings, loaded: LoadedModel, spec: Ren
     data, _, row = encode_rendered(loaded, spec, items, index, image, environment)
     # scored before the row exists, so no search ever shows it unscored
     row.safety = get_scorer(settings).for_image(row.params.prompt, image)
-    saved = save_image(conn, images_path=settings.images_path, data=data, image=row)
+    saved = save_image(conn, images_path=settings.images_path, data=data, image=row,
+                       storage=get_storage(settings, "images") if settings.storage_url else None)
     return saved.id, saved.created
 
 

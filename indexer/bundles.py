@@ -44,6 +44,20 @@ T = TypeVar("T")
 # An approximate index with a refine stage ranks k * REFINE_K_FACTOR candidates from its compressed codes, then
 # re-ranks them with the finer stored codes (see BENCHMARKS.md: 10 loses almost nothing against 20 at 1M).
 REFINE_K_FACTOR = 10
+# ~170 bytes a 512-d vector: 32 of fast-scan codes on a 256-d rotation, dim/4 of refine codes (bench/compact.py)
+COMPACT_FACTORY = "OPQ64_256,IVF{nlist},PQ64x4fs,Refine(PQ{refine})"
+RETRAIN_GROWTH = 4  # an approximate bundle holding more than this many times its training count is retrained
+
+
+def layout_factory(layout: str, standard: str) -> str:
+    """The FAISS factory string of a bundle layout: `standard` (the configured factory) or `compact`."""
+    return COMPACT_FACTORY if layout == "compact" else standard
+
+
+def outgrown(manifest: Manifest, count: int) -> bool:
+    """True when an approximate bundle of `count` vectors has outgrown the inverted lists it was trained with
+    (older manifests record no training count: never)."""
+    return manifest.index_type != "flat" and 0 < manifest.trained_count * RETRAIN_GROWTH < count
 
 
 def _now() -> str:
@@ -81,6 +95,7 @@ class Manifest:
     index_sha256: str = ""
     index_probe: str = ""  # sha256 of the size and the windows the quick check reads
     runtimes: list[str] = field(default_factory=list)  # what ran the encoder that filled it (for the record only)
+    trained_count: int = 0  # vectors the approximate index was trained on (0: exact, or an older manifest)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,7 +115,8 @@ class Manifest:
 
 _FIELD_TYPES: dict[str, type] = {"name": str, "kind": str, "model": str, "dim": int, "count": int,
                                  "index_type": str, "index_file": str, "generation": int, "index_bytes": int,
-                                 "index_sha256": str, "index_probe": str}
+                                 "index_sha256": str, "index_probe": str,
+                                 "trained_count": int}
 
 
 def _manifest_problem(data: Any) -> str | None:
@@ -472,10 +488,10 @@ class Bundle:
         """Rebuild as an approximate index (trained on the vectors held now), keeping ids.
 
         `approx_factory` is a FAISS factory string; `{nlist}` becomes 2*sqrt(count) inverted lists and `{pq}`
-        dim/2 product-quantizer sub-vectors (2 dimensions each)."""
+        dim/2 product-quantizer sub-vectors (2 dimensions each), `{refine}` dim/4 (the compact layout's refine)."""
         ids, vectors = self.vectors()
         nlist = max(1, min(int(2 * math.sqrt(len(ids))), len(ids) // 39))  # FAISS wants >= 39 points a list
-        spec = approx_factory.format(nlist=nlist, pq=max(1, self.dim // 2))
+        spec = approx_factory.format(nlist=nlist, pq=max(1, self.dim // 2), refine=max(1, self.dim // 4))
         index = faiss.index_factory(self.dim, f"IDMap2,{spec}", faiss.METRIC_INNER_PRODUCT)
         sample = vectors if len(vectors) <= 256 * nlist else vectors[np.random.default_rng(0).choice(
             len(vectors), 256 * nlist, replace=False)]
@@ -483,6 +499,7 @@ class Bundle:
         index.add_with_ids(vectors, ids)
         self.index = index
         self.manifest.index_type = spec
+        self.manifest.trained_count = len(ids)
         refine = _refine_of(index)
         if refine is not None:
             refine.k_factor = REFINE_K_FACTOR

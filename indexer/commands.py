@@ -100,8 +100,12 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
 def run_index_command(args: argparse.Namespace, settings: Settings) -> int:
     from indexer.indexing import index_status, run_index
     from indexer.keyword import open_keyword_index
+    from indexer.publish import publish_all
     from promptdex.db import open_database
+    from promptdex.storage import check_storage
 
+    if args.action != "status":
+        check_storage(settings)
     db = open_database(settings)
     try:
         with db.connect(autocommit=True) as conn:
@@ -115,6 +119,7 @@ def run_index_command(args: argparse.Namespace, settings: Settings) -> int:
                                progress=not args.no_progress)
     finally:
         db.close()
+    publish_all(settings)  # PROMPTDEX_STORAGE_URL: other machines' APIs pick the new generation up
     if args.json:
         out(json.dumps(report.to_json(), indent=1))
     else:

@@ -33,12 +33,11 @@ import psycopg
 from psycopg import sql
 from tqdm import tqdm
 
-from indexer.bundles import MANIFEST, Bundle, Verify, read_manifest, sweep, verify_bundle
+from indexer.bundles import MANIFEST, Bundle, Verify, layout_factory, read_manifest, sweep, verify_bundle
 from indexer.embedders import Embedder, Embedders, Vectors
 from indexer.images import (
     ImageRejected,
     IndexPixels,
-    image_file,
     index_pixels,
     is_storage_failure,
     storage_problem,
@@ -51,6 +50,7 @@ from indexer.safety.rescore import score_indexed
 from promptdex.errors import IndexCorrupt, IndexMismatch, PromptdexError
 from promptdex.index_state import indexed_ids, record_indexed, replace_indexed, upsert_bundle
 from promptdex.settings import Settings
+from promptdex.storage import local_image
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def _stopped(settings: Settings, exc: OSError) -> IndexStopped:
 
 def _load(item: dict[str, Any], settings: Settings) -> IndexPixels | ImageRejected:
     """The one decode of an image row's file (its thumbnail written on the way), or why it cannot be had."""
-    original = image_file(item["path"], settings.images_path)
+    original = local_image(settings, item["path"])  # PROMPTDEX_STORAGE_URL=s3://: fetched once into a cache
     try:
         return index_pixels(original, item["sha256"], settings.thumbs_path, thumb_size=settings.indexer.thumb_size,
                             max_pixels=settings.indexer.max_image_pixels)
@@ -262,7 +262,8 @@ def _add_rows(conn: Conn, settings: Settings, spec: BundleSpec, embedder: Embedd
             _store_phashes(conn, ids, hashes)
             if scorer is not None:  # the NSFW classifiers see the pixels decoded for CLIP
                 report.scored += score_indexed(conn, scorer, dict(zip(ids, pictures, strict=True)))
-            bundle.add(vectors, ids, exact_threshold=s.exact_threshold, approx_factory=s.approx_factory)
+            bundle.add(vectors, ids, exact_threshold=s.exact_threshold,
+                       approx_factory=layout_factory(s.bundle_layout, s.approx_factory))
             if ids:
                 bundle.manifest.note_runtime(getattr(embedder, "runtime", ""))  # for the record: either serves it
             unsaved += ids

@@ -69,6 +69,13 @@ class Runtime(StrEnum):
     ONNX = "onnx"
 
 
+class BundleLayout(StrEnum):
+    """How approximate bundles store their vectors."""
+
+    STANDARD = "standard"
+    COMPACT = "compact"
+
+
 class IndexerSettings(BaseModel):
     """Embedders, bundles and keyword back end."""
 
@@ -92,6 +99,9 @@ class IndexerSettings(BaseModel):
     approx_factory: str = Field(
         "IVF{nlist},PQ{pq}x4fs,Refine(SQ8)",
         description="FAISS factory string of the approximate index ({nlist}: 2*sqrt(count); {pq}: dim/2).")
+    bundle_layout: BundleLayout = Field(
+        BundleLayout.STANDARD, description="Approximate bundles: standard (approx_factory, ~660 bytes a 512-d "
+        "vector) or compact (OPQ64_256,IVF,PQ64x4fs,Refine(PQ128): ~170 bytes a vector; recall not yet benchmarked).")
     nprobe: int = Field(128, ge=1, description="Inverted lists an approximate index searches.")
     checkpoint_every: int = Field(
         10_000, ge=1, description="`promptdex index` saves the bundles after this many new vectors.")
@@ -193,6 +203,18 @@ class SafetySettings(BaseModel):
     admin_default: SafeLevel = Field(SafeLevel.MODERATE, description="Default level of admins (they may ask for any).")
 
 
+class StorageSettings(BaseModel):
+    """How an object store named by STORAGE_URL is reached (credentials: the usual AWS_* variables)."""
+
+    endpoint_url: str | None = Field(None, description="S3 endpoint of an S3-compatible store (unset: AWS_ENDPOINT_URL "
+                                     "or AWS itself).")
+    region: str | None = Field(None, description="S3 region (unset: AWS_REGION / AWS_DEFAULT_REGION).")
+    allow_http: bool = Field(False, description="Allow a plain-http endpoint (implied by an http:// endpoint_url).")
+    timeout_seconds: float = Field(10.0, gt=0, description="Seconds one storage request may take.")
+    max_retries: int = Field(2, ge=0, description="Retries of a failed storage request.")
+    poll_seconds: float = Field(10.0, gt=0, description="How often the API looks for a newly published bundle.")
+
+
 class Settings(BaseSettings):
     """Every promptdex setting. Build with `get_settings()`, never at import."""
 
@@ -214,12 +236,16 @@ class Settings(BaseSettings):
     indexes_dir: Path | None = Field(None, description="FAISS bundles (default DATA_DIR/indexes).")
     models_dir: Path | None = Field(None, description="Locally built models (default DATA_DIR/models).")
     postgres_dir: Path | None = Field(None, description="Embedded PostgreSQL (default DATA_DIR/postgres).")
+    storage_url: str | None = Field(
+        None, description="Shared storage for generated images, thumbnails and published bundles: a folder, "
+        "file:///path or s3://bucket/prefix (unset: the local images, thumbs and indexes folders).")
 
     db: DatabaseSettings = DatabaseSettings()
     generator: GeneratorSettings = GeneratorSettings()
     indexer: IndexerSettings = IndexerSettings()
     api: ApiSettings = ApiSettings()
     safety: SafetySettings = SafetySettings()
+    storage: StorageSettings = StorageSettings()
 
     @cached_property
     def data_path(self) -> Path:
@@ -229,13 +255,24 @@ class Settings(BaseSettings):
     def _sub(self, override: Path | None, name: str) -> Path:
         return override.expanduser().resolve() if override is not None else self.data_path / name
 
+    def _local_storage(self, name: str) -> Path | None:
+        """A local STORAGE_URL (a folder or file://) holds the images and thumbs folders."""
+        url = self.storage_url
+        if not url or url.startswith("s3://"):
+            return None
+        from urllib.parse import unquote, urlparse
+
+        parsed = urlparse(url)
+        root = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(url)
+        return root.expanduser().resolve() / name
+
     @property
     def images_path(self) -> Path:
-        return self._sub(self.images_dir, "images")
+        return self._local_storage("images") or self._sub(self.images_dir, "images")
 
     @property
     def thumbs_path(self) -> Path:
-        return self._sub(self.thumbs_dir, "thumbs")
+        return self._local_storage("thumbs") or self._sub(self.thumbs_dir, "thumbs")
 
     @property
     def indexes_path(self) -> Path:

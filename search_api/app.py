@@ -18,6 +18,7 @@ from psycopg_pool import ConnectionPool
 from promptdex.db import open_database
 from promptdex.errors import ConfigError
 from promptdex.settings import Settings
+from promptdex.storage import check_storage
 from search_api import errors, openapi, routes_auth, routes_files, routes_generations, routes_jobs, routes_search
 from search_api.engines import Engines, load_engines
 from search_api.limits import RateLimits
@@ -68,6 +69,7 @@ def create_app(settings: Settings, *, engines: Engines | None = None) -> FastAPI
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        check_storage(settings)  # PROMPTDEX_STORAGE_URL that cannot be written and read back: stop here
         database = open_database(settings)
         # Connections are checked as they leave the pool (a restarted server leaves dead ones behind), and a
         # request waits at most DB__REQUEST_TIMEOUT for one: while the database is down, answers are fast 503s.

@@ -159,6 +159,9 @@ class Engines:
         self._batchers = {"clip": _Batcher(self.indexer.embed_text, "clip", wait=wait),
                           "prompt": _Batcher(self.indexer.embed_prompts, "prompt", wait=wait)}
         self._scorer = get_scorer(settings, threads=1)  # a classifier setting that cannot work stops `serve` here
+        from indexer.publish import BundleSync
+
+        self.bundle_sync = BundleSync(settings) if settings.storage_url else None
         e = indexer.embedders
         self._models = {"clip": (e.clip.model_id, _case_insensitive(e.clip)),
                         "prompt": (e.prompt.model_id, _case_insensitive(e.prompt))}
@@ -270,7 +273,11 @@ class Engines:
 
     def reload_if_changed(self) -> None:
         """Pick up new generations (a bundle that cannot be opened is reported by health and by the searches that
-        need it; the handle keeps serving the generation it has, if any)."""
+        need it; the handle keeps serving the generation it has, if any). With PROMPTDEX_STORAGE_URL, newly
+        published generations are fetched into INDEXES_DIR first (a bad download leaves the old one serving)."""
+        if self.bundle_sync is not None and self.bundle_sync.poll():
+            for handle in (self.indexer.images, self.indexer.prompts):
+                handle.reload_if_changed(force=True)
         for handle in (self.indexer.images, self.indexer.prompts):
             handle.reload_if_changed()
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path as FsPath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, Response, StreamingResponse
 
-from indexer.images import file_holds
+from indexer.images import THUMB_QUALITY, ImageRejected, decode_pixels, file_holds, thumbnail_of, thumbnail_path
 from promptdex.errors import NotFound
 from promptdex.records import Image
 from promptdex.settings import AnonymousAccess
+from promptdex.storage import Area, Storage, get_storage
 from search_api.deps import Service, State
 from search_api.errors import responses
 from search_api.schemas import MAX_ID
@@ -64,10 +66,35 @@ ImageId = Annotated[int, Path(ge=1, le=MAX_ID)]
 FileCaller = Annotated[Caller, Depends(file_reader)]
 
 
+def _remote(state: State, area: Area) -> Storage | None:
+    """The object store of an area when PROMPTDEX_STORAGE_URL names a remote one (a local one is a folder)."""
+    if not (state.settings.storage_url or "").startswith("s3://"):
+        return None
+    return get_storage(state.settings, area)
+
+
+def _stored_response(storage: Storage, key: str, media_type: str, etag: str, if_none_match: str | None,
+                     cache: str) -> Response:
+    """A file streamed from the object store, with the same ETag/304 behaviour as a local one."""
+    if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache, "Vary": "Cookie"})
+    info = storage.head(key)
+    if info is None:
+        raise NotFound(f"the file of this image is missing from {storage.name}; regenerate it")
+    return StreamingResponse(storage.stream(key), media_type=media_type,
+                             headers={"ETag": etag, "Cache-Control": cache, "Vary": "Cookie, Authorization",
+                                      "Content-Length": str(info.size)})
+
+
 @router.get("/images/{image_id}", response_class=Response, responses=_file_responses(*sorted(set(_MEDIA.values()))))
 def image_file(state: State, service: Service, caller: FileCaller, image_id: ImageId,
                if_none_match: Annotated[str | None, Header()] = None) -> Response:
     image = visible_image(service, state, caller, image_id)
+    remote = _remote(state, "images")
+    if remote is not None and not FsPath(image.path).is_absolute():  # a generated image, in the object store
+        _gone_unless_present(image, None)
+        return _stored_response(remote, image.path, _MEDIA.get(image.format.upper(), "application/octet-stream"),
+                                f'"{image.sha256}"', if_none_match, cache_control(state, caller))
     path = FsPath(image.path)
     if not path.is_absolute():
         path = state.settings.images_path / path
@@ -82,6 +109,13 @@ def thumb_file(state: State, service: Service, caller: FileCaller, image_id: Ima
                if_none_match: Annotated[str | None, Header()] = None) -> Response:
     image = visible_image(service, state, caller, image_id)
     _gone_unless_present(image, None)  # the thumbnail is of the content: only a missing row is gone
+    remote = _remote(state, "thumbs")
+    if remote is not None:
+        key = thumbnail_path(FsPath("."), image.sha256).as_posix()
+        if remote.head(key) is None:
+            _store_thumbnail(state, remote, image, key)
+        return _stored_response(remote, key, "image/webp", f'"t-{image.sha256}"', if_none_match,
+                                cache_control(state, caller))
     path = state.engines.thumbnail_path(image.sha256)
     if not path.is_file():  # a new image (a worker just made it): made now from its file, once
         original = FsPath(image.path)
@@ -91,6 +125,27 @@ def thumb_file(state: State, service: Service, caller: FileCaller, image_id: Ima
             raise NotFound(f"image {image_id} has no thumbnail yet: run `promptdex index`")
         path = made
     return _file_response(path, "image/webp", f'"t-{image.sha256}"', if_none_match, cache_control(state, caller))
+
+
+def _store_thumbnail(state: State, remote: Storage, image: Image, key: str) -> None:
+    """Put a missing thumbnail into the object store: the one `promptdex index` left in THUMBS_DIR, else one
+    made now from the original (in the store for a generated image, on disk for an imported one)."""
+    local = state.engines.thumbnail_path(image.sha256)
+    if local.is_file():
+        remote.put(key, local.read_bytes())
+        return
+    try:
+        if FsPath(image.path).is_absolute():
+            data = FsPath(image.path).read_bytes()
+        else:
+            data = get_storage(state.settings, "images").get(image.path)
+        pixels = decode_pixels(data, FsPath(image.path), max_pixels=state.settings.indexer.max_image_pixels,
+                               min_side=state.settings.indexer.thumb_size)
+        encoded = io.BytesIO()
+        thumbnail_of(pixels, size=state.settings.indexer.thumb_size).save(encoded, "WEBP", quality=THUMB_QUALITY)
+        remote.put(key, encoded.getvalue())
+    except (OSError, ImageRejected, NotFound) as exc:
+        raise NotFound(f"image {image.id} has no thumbnail yet ({exc}): run `promptdex index`") from exc
 
 
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".webp": "image/webp",

@@ -1,0 +1,155 @@
+"""Shared storage (PROMPTDEX_STORAGE_URL) against a real S3-protocol server: moto's standalone server, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from indexer.bundles import read_manifest
+from indexer.publish import POINTER, publish_bundle, sync_bundle
+from promptdex.errors import ConfigError, IndexCorrupt
+from promptdex.settings import get_settings
+from promptdex.storage import check_storage, get_storage
+from search_api.app import create_app
+from tests.helpers import clean_env, run_cli
+from tests.integration.api_corpus import create_database
+
+pytestmark = pytest.mark.integration
+
+BUCKET = "promptdex-test"
+AWS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[str]:
+    """The endpoint of a moto S3 server this module starts (and stops), with one bucket."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
+                     aws_secret_access_key="test").create_bucket(Bucket=BUCKET)
+        yield endpoint
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in AWS.items():
+        monkeypatch.setenv(key, value)
+
+
+def s3_settings(endpoint: str, prefix: str, **overrides: Any) -> Any:
+    return get_settings(storage_url=f"s3://{BUCKET}/{prefix}", storage={"endpoint_url": endpoint, "poll_seconds": 0.1,
+                                                                          "timeout_seconds": 2, "max_retries": 0},
+                        **overrides)
+
+
+def test_storage_round_trip_on_s3(s3: str) -> None:
+    storage = get_storage(s3_settings(s3, "rt"), "images")
+    storage.put("ab/one.bin", b"0123456789")
+    assert storage.get("ab/one.bin") == b"0123456789"
+    assert storage.get_range("ab/one.bin", 2, 5) == b"234"
+    assert b"".join(storage.stream("ab/one.bin")) == b"0123456789"
+    info = storage.head("ab/one.bin")
+    assert info is not None and info.size == 10 and info.etag
+    assert [o.key for o in storage.list("ab/")] == ["ab/one.bin"]
+    storage.delete("ab/one.bin")
+    assert storage.head("ab/one.bin") is None
+    assert storage.local_path("ab/one.bin") is None
+
+
+def test_unreachable_endpoint_is_one_clear_error(s3: str) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ConfigError, match="PROMPTDEX_STORAGE_URL=s3://"):
+        check_storage(s3_settings(f"http://127.0.0.1:{port}", "x"))
+
+
+def test_missing_bucket_is_one_clear_error(s3: str) -> None:
+    settings = get_settings(storage_url="s3://no-such-bucket/x", storage={"endpoint_url": s3, "max_retries": 0})
+    with pytest.raises(ConfigError, match="PROMPTDEX_STORAGE_URL=s3://no-such-bucket"):
+        check_storage(settings)
+
+
+def test_generate_index_and_a_second_api_instance_on_shared_s3(s3: str, pg_server_url: str, tmp_path: Path) -> None:
+    url = create_database(pg_server_url)
+    env = clean_env(PROMPTDEX_DATA_DIR=str(tmp_path / "writer"), PROMPTDEX_DATABASE_URL=url, PROMPTDEX_MODELS="tiny",
+                    PROMPTDEX_STORAGE_URL=f"s3://{BUCKET}/shared", PROMPTDEX_STORAGE__ENDPOINT_URL=s3, **AWS)
+    gen = run_cli("generate", "a red fox in the snow", "--size", "64x64", "--steps", "2", "--model", "tiny",
+                  "--json", cwd=tmp_path, env=env, timeout=600)
+    assert gen.returncode == 0, gen.stderr
+    image_id = int(json.loads(gen.stdout)[0])
+    assert not (tmp_path / "writer" / "images").exists() or not any((tmp_path / "writer" / "images").rglob("*.png"))
+    idx = run_cli("index", "--no-progress", cwd=tmp_path, env=env, timeout=600)
+    assert idx.returncode == 0, idx.stderr
+    bundles = get_storage(s3_settings(s3, "shared"), "bundles")
+    assert any(o.key.endswith(POINTER) for o in bundles.list())
+
+    replica = s3_settings(s3, "shared", data_dir=tmp_path / "replica", database_url=url, models="tiny",
+                          api={"rate_burst": 10_000, "rate_sustained": 100_000})
+    with TestClient(create_app(replica), base_url="http://localhost") as client:
+        first = client.get(f"/images/{image_id}")
+        assert first.status_code == 200, first.text
+        assert first.content[:8] == b"\x89PNG\r\n\x1a\n"
+        etag = first.headers["etag"]
+        assert client.get(f"/images/{image_id}", headers={"If-None-Match": etag}).status_code == 304
+        thumb = client.get(f"/thumbs/{image_id}")
+        assert thumb.status_code == 200 and thumb.content[:4] == b"RIFF"
+        assert client.get(f"/thumbs/{image_id}", headers={"If-None-Match": thumb.headers["etag"]}).status_code == 304
+        found = client.get("/api/search", params={"q": "fox"})
+        assert found.status_code == 200, found.text
+        folder = tmp_path / "replica" / "indexes" / "clip-image"
+        before = read_manifest(folder)
+        assert before is not None
+        # a new generation published from the writer is picked up without a restart
+        again = run_cli("index", "--rebuild", "--no-progress", cwd=tmp_path, env=env, timeout=600)
+        assert again.returncode == 0, again.stderr
+        import time
+
+        time.sleep(0.2)
+        assert client.get("/api/search", params={"q": "fox"}).status_code == 200
+        after = read_manifest(folder)
+        assert after is not None and after.generation > before.generation
+
+
+def test_corrupt_download_is_refused_and_the_old_generation_kept(s3: str, tmp_path: Path) -> None:
+    import numpy as np
+
+    from indexer.bundles import Bundle
+
+    source = tmp_path / "built" / "b"
+    bundle = Bundle.create(source, name="b", kind="image", model="m", dim=4)
+    bundle.add(np.eye(4, dtype=np.float32), [1, 2, 3, 4])
+    bundle.save()
+    storage = get_storage(s3_settings(s3, "corrupt"), "bundles")
+    assert publish_bundle(storage, source) == 1
+    local = tmp_path / "cache" / "b"
+    local.mkdir(parents=True)
+    assert sync_bundle(storage, "b", local)
+    assert read_manifest(local).generation == 1  # type: ignore[union-attr]
+    bundle.add(np.ones((1, 4), dtype=np.float32), [5])
+    manifest = bundle.save()
+    publish_bundle(storage, source)
+    key = f"b/{manifest.generation:06d}/{manifest.index_file}"
+    storage.put(key, storage.get(key)[:-7])  # truncated in the store
+    with pytest.raises(IndexCorrupt, match="truncated or corrupt"):
+        sync_bundle(storage, "b", local)
+    kept = Bundle.open(local)
+    assert kept.manifest.generation == 1 and kept.count == 4
+    assert not [p for p in local.iterdir() if p.name.startswith(".incoming")]
+    assert os.environ["AWS_REGION"] == "us-east-1"
