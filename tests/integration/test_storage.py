@@ -113,9 +113,11 @@ def test_generate_index_and_a_second_api_instance_on_shared_s3(s3: str, pg_serve
         assert client.get(f"/thumbs/{image_id}", headers={"If-None-Match": thumb.headers["etag"]}).status_code == 304
         found = client.get("/api/search", params={"q": "fox"})
         assert found.status_code == 200, found.text
+        assert image_id in [item["id"] for item in found.json()["data"]]
         folder = tmp_path / "replica" / "indexes" / "clip-image"
         before = read_manifest(folder)
-        assert before is not None
+        # the writer decoded the image from the store (its images folder is empty) and the replica downloaded it
+        assert before is not None and before.count == 1
         # a new generation published from the writer is picked up without a restart
         again = run_cli("index", "--rebuild", "--no-progress", cwd=tmp_path, env=env, timeout=600)
         assert again.returncode == 0, again.stderr
