@@ -50,15 +50,16 @@ def connect(address: str, *, timeout: float = CONNECT_TIMEOUT_S) -> Any:
     return ray
 
 
-def _stored(conn: Any, request: GenerateRequest, seeds: Sequence[int]) -> set[int]:
-    """Seeds of `request` already in the corpus as generated images with its prompt and settings."""
+def _stored(conn: Any, request: GenerateRequest, seeds: Sequence[int]) -> dict[int, int]:
+    """Seed -> first image id of `request`'s seeds already in the corpus as generated images with its prompt and
+    settings."""
     rows = conn.execute(
-        "SELECT i.seed FROM images i JOIN prompts p ON p.id = i.prompt_id WHERE i.source = 'generated'"
-        " AND p.text = %s AND i.negative_prompt = %s AND i.steps = %s AND i.width = %s AND i.height = %s"
-        " AND i.seed = ANY(%s)",
+        "SELECT i.seed, min(i.id) AS id FROM images i JOIN prompts p ON p.id = i.prompt_id"
+        " WHERE i.source = 'generated' AND p.text = %s AND i.negative_prompt = %s AND i.steps = %s"
+        " AND i.width = %s AND i.height = %s AND i.seed = ANY(%s) GROUP BY i.seed",
         (request.prompt, request.negative_prompt or "", request.steps, request.width, request.height,
          [int(s) for s in seeds])).fetchall()
-    return {int(r["seed"]) for r in rows}
+    return {int(r["seed"]): int(r["id"]) for r in rows}
 
 
 def plan_rows(conn: Any, requests: Sequence[GenerateRequest]) -> tuple[list[dict[str, Any]], int]:
@@ -67,7 +68,7 @@ def plan_rows(conn: Any, requests: Sequence[GenerateRequest]) -> tuple[list[dict
     skipped = 0
     for ri, request in enumerate(requests):
         seeds = list(request.seeds or [])
-        done = _stored(conn, request, seeds) if seeds else set()
+        done = _stored(conn, request, seeds) if seeds else {}
         skipped += sum(1 for s in seeds if s in done)
         payload = request.model_copy(update={"seeds": None, "count": 1}).model_dump_json(exclude_none=True)
         rows.extend({"request": ri, "seed": int(s), "payload": payload} for s in seeds if s not in done)
@@ -156,13 +157,7 @@ def generate_on_ray(settings: Settings, requests: Sequence[GenerateRequest], *, 
             out: list[list[int]] = []
             for ri, request in enumerate(requests):
                 seeds = list(request.seeds or [])
-                row = conn.execute(
-                    "SELECT i.seed, min(i.id) AS id FROM images i JOIN prompts p ON p.id = i.prompt_id"
-                    " WHERE i.source = 'generated' AND p.text = %s AND i.negative_prompt = %s AND i.steps = %s"
-                    " AND i.width = %s AND i.height = %s AND i.seed = ANY(%s) GROUP BY i.seed",
-                    (request.prompt, request.negative_prompt or "", request.steps, request.width, request.height,
-                     [int(s) for s in seeds])).fetchall()
-                found = {int(r["seed"]): int(r["id"]) for r in row}
+                found = _stored(conn, request, seeds)
                 out.append([ids.get((ri, s), found.get(s, -1)) for s in seeds if (ri, s) in ids or s in found])
     finally:
         db.close()

@@ -15,7 +15,6 @@ import os
 import platform
 import re
 import weakref
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -30,6 +29,7 @@ from numpy.typing import NDArray
 
 from indexer.embedders.base import Vectors
 from promptdex.errors import IndexCorrupt, IndexMismatch, IndexMissing, InvalidInput, PromptdexError
+from promptdex.storage import write_atomic as _write_atomic  # a module name the fault tests patch
 
 logger = logging.getLogger(__name__)
 
@@ -288,22 +288,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _write_atomic(dest: Path, write: Callable[[IO[bytes]], T]) -> T:
-    """Write via a temporary file in the same folder, fsync it, then rename over `dest`. On any failure (a full
-    disk, an interrupt) the temporary file is removed and `dest` is left as it was."""
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w+b") as handle:
-            result = write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return result
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,16 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 from urllib.parse import unquote, urlparse
 
 from promptdex.errors import ConfigError, NotFound
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from promptdex.settings import Settings
@@ -29,6 +31,22 @@ if TYPE_CHECKING:
 Area = Literal["images", "thumbs", "bundles"]
 CHUNK = 1 << 20
 SETTING = "PROMPTDEX_STORAGE_URL"
+
+
+def write_atomic(dest: Path, write: Callable[[IO[bytes]], T]) -> T:
+    """Write via a temporary file in the same folder, fsync it, then rename over `dest`. On any failure (a full
+    disk, an interrupt) the temporary file is removed and `dest` is left as it was."""
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with tmp.open("w+b") as handle:
+            result = write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return result
 
 
 @dataclass(frozen=True)
@@ -80,16 +98,7 @@ class LocalStorage:
     def put(self, key: str, data: bytes) -> None:
         final = self.local_path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_atomic(final, lambda handle: handle.write(data))
 
     def get(self, key: str) -> bytes:
         try:
