@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "promptdex.commands.users",
     "generator.commands",
     "indexer.commands",
+    "indexer.datasets.commands",
     "indexer.safety.commands",
     "search_api.commands",
 )

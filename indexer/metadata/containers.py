@@ -36,19 +36,21 @@ class _Bad(Exception):
     """A problem inside a container; read_text_chunks adds the file name and raises MetadataError."""
 
 
-def read_text_chunks(path: str | Path) -> dict[str, str]:
+def read_text_chunks(path: str | Path, *, data: bytes | None = None) -> dict[str, str]:
     """The text metadata of a PNG, JPEG or WebP file, read from its container without decoding pixels.
 
     PNG tEXt/zTXt/iTXt chunks (also those after IDAT) keep their keywords. EXIF text tags keep their tag
     names ("ImageDescription", "Make", "XPComment", ...), except a UserComment that holds A1111 text, which
     is returned as "parameters" like the PNG chunk. XMP packets come as "XMP", JPEG comments as "Comment".
-    Raises MetadataError for an empty, truncated or corrupt file.
+    Raises MetadataError for an empty, truncated or corrupt file. `data`: the file's bytes when they are in memory
+    already (an archive member), `path` then only names it in messages.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise MetadataError(f"{path}: cannot read the file: {e.strerror or e}") from e
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise MetadataError(f"{path}: cannot read the file: {e.strerror or e}") from e
     if not data:
         raise MetadataError(f"{path}: empty file (0 bytes)")
     out: dict[str, str] = {}

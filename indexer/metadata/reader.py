@@ -88,17 +88,19 @@ def _image_info(path: Path, image: Image.Image | None) -> dict[str, Any] | None:
         return None
 
 
-def read_metadata(path: str | Path, *, image: Image.Image | None = None, stealth: bool = True) -> ReadResult:
+def read_metadata(path: str | Path, *, image: Image.Image | None = None, stealth: bool = True,
+                  data: bytes | None = None) -> ReadResult:
     """Read a PNG, JPEG or WebP file's generation metadata, whichever front end wrote it.
 
     `image` (already decoded) saves decoding again for the A1111 "stealth" check, which only runs on PNG and
     WebP files without text metadata. An unreadable file (empty, truncated container) gives `error`; broken
-    metadata gives `warnings`; a file without metadata gives software "none" and empty parameters.
+    metadata gives `warnings`; a file without metadata gives software "none" and empty parameters. `data`: the
+    file's bytes already in memory (an archive member); `path` then only names it.
     """
     path = Path(path)
     result = ReadResult(file=str(path))
     try:
-        raw = read_text_chunks(path)
+        raw = read_text_chunks(path, data=data)
     except MetadataError as exc:
         result.error = str(exc)
         return result

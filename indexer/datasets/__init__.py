@@ -1,0 +1,1 @@
+"""`promptdex import-dataset`: public datasets (DiffusionDB, webdataset, img2dataset, Hugging Face) into the corpus."""
