@@ -63,7 +63,8 @@ def register(sub: Any) -> None:
     rep = sub.add_parser("reproduce", help="make a stored image again and compare it bit for bit")
     rep.add_argument("image_id", type=int, nargs="?", help="the image id")
     rep.add_argument("--missing", action="store_true",
-                     help="queue reproduce jobs for every generated image whose file is missing")
+                     help="queue reproduce jobs for every generated image whose file is missing (from the images "
+                          "folder, or from the store PROMPTDEX_STORAGE_URL names)")
     _add_runtime(rep)
     rep.add_argument("--json", action="store_true", help="print the report as JSON")
     rep.set_defaults(func=run_reproduce)
@@ -218,6 +219,7 @@ def _generate_now(args: argparse.Namespace, settings: Settings, requests: list[A
     from generator.output import repair_incoming
     from generator.service import ModelCache, generate_images
     from promptdex.db import open_database
+    from promptdex.storage import remote_storage
 
     total = sum(len(r.seeds or []) for r in requests)
     started = time.monotonic()
@@ -226,7 +228,7 @@ def _generate_now(args: argparse.Namespace, settings: Settings, requests: list[A
     try:
         with db.connect(autocommit=True) as conn, torch_threads(args.threads or settings.generator.threads), \
                 tqdm(total=total, unit="img", desc="generate", file=sys.stderr, disable=None) as bar:
-            repair_incoming(conn, images_path=settings.images_path)
+            repair_incoming(conn, images_path=settings.images_path, storage=remote_storage(settings, "images"))
             outcome = generate_images(conn, settings, requests, cache=cache,
                                       batch_size=args.batch or settings.generator.batch_size, progress=bar.update)
     finally:
@@ -321,11 +323,13 @@ def _queue_missing(args: argparse.Namespace, settings: Settings) -> int:
     from promptdex.db import open_database
     from promptdex.generation import JobKind
     from promptdex.jobs import enqueue_jobs
+    from promptdex.storage import remote_storage
 
     db = open_database(settings)
     try:
         with db.connect() as conn:
-            missing = find_missing_files(conn, images_path=settings.images_path)
+            missing = find_missing_files(conn, images_path=settings.images_path,
+                                         storage=remote_storage(settings, "images"))
             ids = enqueue_jobs(conn, payloads=[{"image_id": i} for i in missing], kind=JobKind.REPRODUCE)
             conn.commit()
     finally:

@@ -12,6 +12,11 @@ row exists: `repair_incoming` finishes the rename (roll forward). So no crash le
 file without a row, and the repair only reads `.incoming/`, however big the corpus. A part file whose writer is
 alive is locked and skipped. (A file deleted by hand later is restored by `promptdex reproduce ID`, which
 re-renders it bit for bit; `find_missing_files` lists such rows.)
+
+With a remote store (PROMPTDEX_STORAGE_URL=s3://...) an image is one atomic PUT of its content-addressed key, made
+before its row is committed, so nothing passes through `.incoming/`; `find_missing_files` and `restore_file` then
+check and write the store, and `repair_incoming` finishes a committed local write left from before by putting it
+there.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any
 from generator.hashing import sha256_bytes
 from promptdex.errors import InvalidInput
 from promptdex.records import NewImage
-from promptdex.storage import Storage, is_remote
+from promptdex.storage import Storage, is_remote, missing_keys
 from promptdex.store import add_image, get_image_by_sha256
 
 logger = logging.getLogger(__name__)
@@ -158,8 +163,10 @@ class RepairReport:
     busy: int = 0
 
 
-def repair_incoming(conn: Any, *, images_path: Path) -> RepairReport:
-    """Finish or undo the writes a crash interrupted (see the module docstring); skip those still in progress."""
+def repair_incoming(conn: Any, *, images_path: Path, storage: Storage | None = None) -> RepairReport:
+    """Finish or undo the writes a crash interrupted (see the module docstring); skip those still in progress.
+    With a remote `storage` a committed write is finished by putting it into the store (where the row's key is read)."""
+    remote = storage if storage is not None and is_remote(storage) else None
     report = RepairReport()
     incoming = images_path / INCOMING
     if not incoming.is_dir():
@@ -179,7 +186,12 @@ def repair_incoming(conn: Any, *, images_path: Path) -> RepairReport:
             row = get_image_by_sha256(conn, sha256=sha) if len(sha) == 64 else None
             final = images_path / image_path(sha)
             committed = part.suffix == _PART and row is not None and row.path == image_path(sha)
-            if committed and not final.exists() and _sha_of(part) == sha:
+            if committed and remote is not None and _sha_of(part) == sha:
+                if remote.head(image_path(sha)) is None:
+                    remote.put(image_path(sha), part.read_bytes())
+                part.unlink(missing_ok=True)
+                report.restored += 1
+            elif committed and not final.exists() and _sha_of(part) == sha:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(part, final)
                 _fsync_dir(final.parent)
@@ -199,14 +211,23 @@ def _sha_of(path: Path) -> str:
     return sha256_bytes(path.read_bytes())
 
 
-def find_missing_files(conn: Any, *, images_path: Path) -> list[int]:
-    """Ids of generated images whose file is not in the images folder."""
+def find_missing_files(conn: Any, *, images_path: Path, storage: Storage | None = None) -> list[int]:
+    """Ids of generated images whose file is not in the images folder, or with a remote `storage` not in the store
+    (checked a folder at a time by listing, see `missing_keys`, not one request per row)."""
     rows = conn.execute("SELECT id, path FROM images WHERE source = 'generated' ORDER BY id").fetchall()
-    return [int(r["id"]) for r in rows if not (images_path / r["path"]).is_file()]
+    if storage is None or not is_remote(storage):
+        return [int(r["id"]) for r in rows if not (images_path / r["path"]).is_file()]
+    gone = missing_keys(storage, {str(r["path"]) for r in rows if not Path(r["path"]).is_absolute()})
+    return [int(r["id"]) for r in rows
+            if (not Path(r["path"]).is_file() if Path(r["path"]).is_absolute() else str(r["path"]) in gone)]
 
 
-def restore_file(*, images_path: Path, rel: str, data: bytes) -> Path:
-    """Put a file whose row exists back in place (atomically)."""
+def restore_file(*, images_path: Path, rel: str, data: bytes, storage: Storage | None = None) -> Path:
+    """Put a file whose row exists back in place (atomically): into the folder, or the remote `storage` (then the
+    returned path is its key)."""
+    if storage is not None and is_remote(storage):
+        storage.put(rel, data)
+        return Path(rel)
     final = images_path / rel
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}")

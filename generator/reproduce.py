@@ -15,6 +15,7 @@ from generator.render import RECORD_SCHEMA, render_batch, spec_from_record
 from generator.service import ModelCache, encode_rendered, inputs_path
 from promptdex.errors import InvalidInput, NotFound
 from promptdex.settings import Settings
+from promptdex.storage import Storage, remote_storage
 from promptdex.store import get_image
 
 logger = logging.getLogger(__name__)
@@ -126,15 +127,16 @@ def reproduce_image(conn: Any, settings: Settings, *, image_id: int, cache: Mode
     env_diffs = environment_differences(record.get("environment") or {}, environment)
     report = ReproduceReport(image_id, identical=False, file_identical=sha256_bytes(data) == image.sha256,
                              environment=env_diffs, model=model_diffs)
-    stored = _stored_path(settings, image.path)
-    if stored.is_file():
-        report.pixels = compare_pixels(stored.read_bytes(), rendered)
+    remote = None if Path(image.path).is_absolute() else remote_storage(settings, "images")
+    stored, where = _stored_bytes(settings, image.path, remote)
+    if stored is not None:
+        report.pixels = compare_pixels(stored, rendered)
         report.identical = report.pixels["differing"] == 0 and report.pixels["same_size"]
     elif report.file_identical and restore:
-        restore_file(images_path=settings.images_path, rel=image.path, data=data)
+        restore_file(images_path=settings.images_path, rel=image.path, data=data, storage=remote)
         report.identical = report.restored = True
     else:
-        report.notes.append(f"the stored file {stored} is missing" + (
+        report.notes.append(f"the stored file {where} is missing" + (
             "" if report.file_identical else " and the new render's bytes differ, so it was not restored"))
     logger.info(report.summary())
     return report
@@ -149,9 +151,18 @@ def model_differences(record: dict[str, Any], loaded: Any) -> dict[str, list[Any
             for k in ("sha256", "revision", "pipeline") if old.get(k) != new.get(k)}
 
 
-def _stored_path(settings: Settings, path: str) -> Path:
+def _stored_bytes(settings: Settings, path: str, remote: Storage | None) -> tuple[bytes | None, str]:
+    """The bytes the row's file holds now (None when it is missing) and where it was looked for: the object store
+    for a generated image's key when PROMPTDEX_STORAGE_URL is remote (never the local download cache, which would
+    hide a deleted object), else the file."""
+    if remote is not None:
+        try:
+            return remote.get(path), f"{remote.name}/{path}"
+        except NotFound:
+            return None, f"{remote.name}/{path}"
     p = Path(path)
-    return p if p.is_absolute() else settings.images_path / p
+    file = p if p.is_absolute() else settings.images_path / p
+    return (file.read_bytes() if file.is_file() else None), str(file)
 
 
 def compare_pixels(stored_png: bytes, image: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from promptdex.errors import InvalidInput
+from promptdex.storage import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +154,15 @@ def read_image_file(path: Path, *, max_pixels: int) -> ImageBytes:
                      opened)
 
 
+def read_image_data(data: bytes, name: Path, *, max_pixels: int, mtime: float) -> ImageBytes:
+    """`read_image_file` for bytes already in memory (an archive member, a dataset row); `name` names it in
+    messages. Raises ImageRejected with the reason."""
+    if not data:
+        raise ImageRejected(f"{name}: empty file (0 bytes)")
+    opened, fmt = _open(data, name, max_pixels=max_pixels)
+    return ImageBytes(name, data, hashlib.sha256(data).hexdigest(), len(data), mtime, *opened.size, fmt, opened)
+
+
 def _orientation(opened: Image.Image) -> Image.Transpose | None:
     """The transposition the file's EXIF Orientation asks for (read from the header, before any reduction)."""
     try:
@@ -202,7 +212,12 @@ def decode_image(path: Path, *, max_pixels: int) -> DecodedImage:
 
 def thumbnail_path(thumbs_dir: Path, sha256: str) -> Path:
     """Where the thumbnail of the image with this content hash lives: THUMBS/ab/abcdef....webp."""
-    return thumbs_dir / sha256[:2] / f"{sha256}.webp"
+    return thumbs_dir / thumbnail_key(sha256)
+
+
+def thumbnail_key(sha256: str) -> str:
+    """The thumbnail's key in the "thumbs" area of a store: the same content-addressed layout, `ab/abcdef....webp`."""
+    return f"{sha256[:2]}/{sha256}.webp"
 
 
 def temp_dir(thumbs_dir: Path) -> Path:
@@ -338,6 +353,13 @@ def classifier_pixels(original: Path, *, max_pixels: int) -> Image.Image:
     return _working_pixels(original, thumb_size=0, max_pixels=max_pixels)
 
 
+def thumbnail_webp(data: bytes, name: Path, *, size: int, max_pixels: int) -> bytes:
+    """The WebP thumbnail of an image file's bytes, made exactly as `promptdex index` makes it (ImageRejected, naming
+    `name`, when they cannot be decoded)."""
+    image = rgb(decode_pixels(data, name, max_pixels=max_pixels, min_side=max(CLIP_SIDE, size)))
+    return _webp(thumbnail_of(image, size=size), THUMB_QUALITY)
+
+
 def ensure_thumbnail(thumbs_dir: Path, sha256: str, original: Path, *, size: int, max_pixels: int) -> Path:
     """The thumbnail of an image, made from the original file when it is missing (e.g. before `promptdex index`)."""
     thumb = thumbnail_path(thumbs_dir, sha256)
@@ -367,15 +389,22 @@ class IndexPixels:
     phash: int  # dhash of the thumbnail picture (before its WebP encoding)
 
 
-def index_pixels(original: Path, sha256: str, thumbs_dir: Path, *, thumb_size: int, max_pixels: int) -> IndexPixels:
+def index_pixels(original: Path, sha256: str, thumbs_dir: Path, *, thumb_size: int, max_pixels: int,
+                 storage: Storage | None = None) -> IndexPixels:
     """Decode `original` once for the CLIP input, the perceptual hash and the thumbnail (written when missing).
 
+    With `storage` (the "thumbs" area of a remote store, PROMPTDEX_STORAGE_URL=s3://...) the thumbnail is also put
+    there under `thumbnail_key`, when the store does not have it yet, so API replicas elsewhere serve it.
     Raises ImageRejected (naming the file) for a file that cannot be decoded; an OSError writing the thumbnail
     propagates, so the caller can tell a full or read-only disk (`is_storage_failure`) from one bad file.
     """
     image = _working_pixels(original, thumb_size=thumb_size, max_pixels=max_pixels)
     thumb = thumbnail_of(image, size=thumb_size)
     dest = thumbnail_path(thumbs_dir, sha256)
+    encoded = None
     if not dest.is_file():
-        write_atomic(dest, _webp(thumb, THUMB_QUALITY), tmp_dir=temp_dir(thumbs_dir))
+        encoded = _webp(thumb, THUMB_QUALITY)
+        write_atomic(dest, encoded, tmp_dir=temp_dir(thumbs_dir))
+    if storage is not None and (encoded is not None or storage.head(thumbnail_key(sha256)) is None):
+        storage.put(thumbnail_key(sha256), encoded if encoded is not None else dest.read_bytes())
     return IndexPixels(image, dhash(thumb))

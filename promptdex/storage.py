@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -251,6 +252,46 @@ def is_remote(storage: Storage) -> bool:
     return not isinstance(storage, LocalStorage)
 
 
+_REMOTE: dict[tuple[Any, ...], Storage] = {}
+_REMOTE_LOCK = threading.Lock()
+
+
+def remote_storage(settings: Settings, area: Area) -> Storage | None:
+    """The object store of an area when PROMPTDEX_STORAGE_URL names a remote one (s3://), else None (the area is
+    then a local folder: IMAGES_DIR, THUMBS_DIR). One client per configuration and process, so its connections are
+    reused across requests and rows."""
+    url = settings.storage_url or ""
+    if not url.startswith("s3://"):
+        return None
+    aws = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
+    key = (os.getpid(), url, area, settings.storage.model_dump_json(), aws)
+    with _REMOTE_LOCK:
+        storage = _REMOTE.get(key)
+        if storage is None:
+            if len(_REMOTE) >= 32:
+                _REMOTE.clear()
+            storage = _REMOTE[key] = get_storage(settings, area)
+    return storage
+
+
+def missing_keys(storage: Storage, keys: Iterable[str], *, list_above: int = 8) -> set[str]:
+    """Which of `keys` have no object in `storage`, in few requests: the keys of one folder (`ab/` of a
+    content-addressed key) are checked with one listing of that folder when there are more than `list_above` of
+    them, the others one `head` each."""
+    folders: dict[str, list[str]] = {}
+    for key in keys:
+        folder = _check_key(key).rpartition("/")[0]
+        folders.setdefault(f"{folder}/" if folder else "", []).append(key)
+    missing: set[str] = set()
+    for prefix, group in folders.items():
+        if len(group) > list_above:
+            present = {info.key for info in storage.list(prefix)}
+            missing.update(k for k in group if k not in present)
+        else:
+            missing.update(k for k in group if storage.head(k) is None)
+    return missing
+
+
 def check_storage(settings: Settings) -> None:
     """A probe write, read and delete: one clear error naming the setting when the store cannot be used."""
     if not settings.storage_url:
@@ -282,7 +323,7 @@ def local_image(settings: Settings, path: str) -> Path:
     cached = settings.data_path / ".storage-cache" / "images" / _check_key(path)
     if not cached.is_file():
         try:
-            data = get_storage(settings, "images").get(path)
+            data = (remote_storage(settings, "images") or get_storage(settings, "images")).get(path)
         except NotFound:
             return cached  # the caller reports the missing file, naming it
         LocalStorage(cached.parents[len(Path(path).parts) - 1]).put(path, data)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path as FsPath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
-from indexer.images import THUMB_QUALITY, ImageRejected, decode_pixels, file_holds, thumbnail_of, thumbnail_path
+from indexer.images import ImageRejected, file_holds, thumbnail_key, thumbnail_webp
 from promptdex.errors import NotFound
 from promptdex.records import Image
 from promptdex.settings import AnonymousAccess
-from promptdex.storage import Area, Storage, get_storage
+from promptdex.storage import Area, Storage, get_storage, remote_storage
 from search_api.deps import Service, State
 from search_api.errors import responses
 from search_api.schemas import MAX_ID
@@ -68,16 +67,22 @@ FileCaller = Annotated[Caller, Depends(file_reader)]
 
 def _remote(state: State, area: Area) -> Storage | None:
     """The object store of an area when PROMPTDEX_STORAGE_URL names a remote one (a local one is a folder)."""
-    if not (state.settings.storage_url or "").startswith("s3://"):
-        return None
-    return get_storage(state.settings, area)
+    return remote_storage(state.settings, area)
+
+
+def _not_modified(etag: str, if_none_match: str | None, cache: str) -> Response | None:
+    if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache, "Vary": "Cookie"})
+    return None
 
 
 def _stored_response(storage: Storage, key: str, media_type: str, etag: str, if_none_match: str | None,
                      cache: str) -> Response:
-    """A file streamed from the object store, with the same ETag/304 behaviour as a local one."""
-    if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
-        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache, "Vary": "Cookie"})
+    """A file streamed from the object store, with the same ETag/304 behaviour as a local one (the ETag is of the
+    content, so a 304 needs no request to the store)."""
+    unchanged = _not_modified(etag, if_none_match, cache)
+    if unchanged is not None:
+        return unchanged
     info = storage.head(key)
     if info is None:
         raise NotFound(f"the file of this image is missing from {storage.name}; regenerate it")
@@ -110,12 +115,14 @@ def thumb_file(state: State, service: Service, caller: FileCaller, image_id: Ima
     image = visible_image(service, state, caller, image_id)
     _gone_unless_present(image, None)  # the thumbnail is of the content: only a missing row is gone
     remote = _remote(state, "thumbs")
-    if remote is not None:
-        key = thumbnail_path(FsPath("."), image.sha256).as_posix()
+    if remote is not None:  # the indexer put it there; a new image's is made now, once, and put there
+        key, etag, cache = thumbnail_key(image.sha256), f'"t-{image.sha256}"', cache_control(state, caller)
+        unchanged = _not_modified(etag, if_none_match, cache)
+        if unchanged is not None:
+            return unchanged
         if remote.head(key) is None:
             _store_thumbnail(state, remote, image, key)
-        return _stored_response(remote, key, "image/webp", f'"t-{image.sha256}"', if_none_match,
-                                cache_control(state, caller))
+        return _stored_response(remote, key, "image/webp", etag, None, cache)
     path = state.engines.thumbnail_path(image.sha256)
     if not path.is_file():  # a new image (a worker just made it): made now from its file, once
         original = FsPath(image.path)
@@ -138,12 +145,9 @@ def _store_thumbnail(state: State, remote: Storage, image: Image, key: str) -> N
         if FsPath(image.path).is_absolute():
             data = FsPath(image.path).read_bytes()
         else:
-            data = get_storage(state.settings, "images").get(image.path)
-        pixels = decode_pixels(data, FsPath(image.path), max_pixels=state.settings.indexer.max_image_pixels,
-                               min_side=state.settings.indexer.thumb_size)
-        encoded = io.BytesIO()
-        thumbnail_of(pixels, size=state.settings.indexer.thumb_size).save(encoded, "WEBP", quality=THUMB_QUALITY)
-        remote.put(key, encoded.getvalue())
+            data = (_remote(state, "images") or get_storage(state.settings, "images")).get(image.path)
+        remote.put(key, thumbnail_webp(data, FsPath(image.path), size=state.settings.indexer.thumb_size,
+                                       max_pixels=state.settings.indexer.max_image_pixels))
     except (OSError, ImageRejected, NotFound) as exc:
         raise NotFound(f"image {image.id} has no thumbnail yet ({exc}): run `promptdex index`") from exc
 

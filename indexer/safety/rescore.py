@@ -19,11 +19,12 @@ from typing import Any
 import psycopg
 from tqdm import tqdm
 
-from indexer.images import ImageRejected, classifier_pixels, image_file
+from indexer.images import ImageRejected, classifier_pixels
 from indexer.safety import Scorer
 from promptdex import store
 from promptdex.records import ClassifierScore, SafetyScore
 from promptdex.settings import Settings
+from promptdex.storage import local_image
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,8 @@ def rescore(conn: Conn, settings: Settings, scorer: Scorer, *, progress: bool = 
     def load(row: dict[str, Any]) -> Any:
         if row["missing"]:
             raise ImageRejected(f"image {row['id']}: no file holds it (marked missing); import it again to score it")
-        return classifier_pixels(image_file(str(row["path"]), settings.images_path), max_pixels=max_pixels)
+        # a generated image's key in a remote store (PROMPTDEX_STORAGE_URL=s3://) is fetched once into the cache
+        return classifier_pixels(local_image(settings, str(row["path"])), max_pixels=max_pixels)
 
     bar = tqdm(total=total, desc="rescore", unit="image", file=sys.stderr, disable=not progress)
     after = 0
