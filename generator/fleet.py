@@ -10,44 +10,15 @@ twice, and a rerun after a crash renders only what is missing. `ray` is imported
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from promptdex.errors import ConfigError
+from promptdex.cluster import connect, import_ray, portable
 from promptdex.generation import GenerateRequest
 from promptdex.settings import Settings
 
 logger = logging.getLogger(__name__)
-CONNECT_TIMEOUT_S = 5.0
-
-
-def import_ray() -> Any:
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError as exc:
-        raise ConfigError("--ray needs Ray: install it with `pip install 'promptdex[cluster]'`") from exc
-    return ray
-
-
-def connect(address: str, *, timeout: float = CONNECT_TIMEOUT_S) -> Any:
-    """ray.init on a cluster that answers within `timeout` seconds; ConfigError naming the address otherwise."""
-    ray = import_ray()
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if address != "auto":
-        if not host or not port.isdigit():
-            raise ConfigError(f"--ray: {address!r} is not HOST:PORT (the head node's GCS address, e.g. 10.0.0.5:6379)")
-        try:
-            with socket.create_connection((host, int(port)), timeout=timeout):
-                pass
-        except OSError as exc:
-            raise ConfigError(f"--ray: no Ray cluster answers at {address} within {timeout:.0f} s ({exc})") from exc
-    if not ray.is_initialized():
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
-                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}})
-    return ray
+__all__ = ["Renderer", "connect", "generate_on_ray", "import_ray", "plan_rows", "portable"]
 
 
 def _stored(conn: Any, request: GenerateRequest, seeds: Sequence[int]) -> dict[int, int]:
@@ -104,13 +75,6 @@ class Renderer:
                 ids.append(-1 if saved is None else saved[0])
                 created.append(saved is not None and saved[1])
         return {"request": list(batch["request"]), "seed": list(batch["seed"]), "id": ids, "created": created}
-
-
-def portable(settings: Settings) -> Settings:
-    """The settings with every folder absolute, as an actor (another working directory) must see them."""
-    update = {name: value.resolve() for name in ("data_dir", "models_dir", "images_dir", "postgres_dir")
-              if isinstance(value := getattr(settings, name, None), Path)}
-    return settings.model_copy(update=update)
 
 
 def generate_on_ray(settings: Settings, requests: Sequence[GenerateRequest], *, address: str, actors: int | None,

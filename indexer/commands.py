@@ -8,6 +8,7 @@ from contextlib import nullcontext
 from typing import Any
 
 from promptdex.console import out
+from promptdex.errors import InvalidInput
 from promptdex.settings import Settings
 
 
@@ -36,6 +37,11 @@ def register(sub: Any) -> None:
                             "bundle replaces the old one only once complete), and the keyword index")
     index.add_argument("--json", action="store_true", help="print JSON")
     index.add_argument("--no-progress", action="store_true", help="no progress bar")
+    index.add_argument("--ray", metavar="ADDRESS", default=None,
+                       help="decode and embed the images on the Ray cluster at ADDRESS (its head node's HOST:PORT, or "
+                            "auto); needs `pip install 'promptdex[cluster]'`")
+    index.add_argument("--actors", type=int, default=None, metavar="N",
+                       help="with --ray: embedding actors (default: one per GPU of the cluster, or half its CPUs)")
     index.set_defaults(func=run_index_command)
 
 
@@ -106,6 +112,7 @@ def run_index_command(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.action != "status":
         check_storage(settings)
+    add_rows = _cluster(args)
     db = open_database(settings)
     try:
         with db.connect(autocommit=True) as conn:
@@ -116,7 +123,7 @@ def run_index_command(args: argparse.Namespace, settings: Settings) -> int:
 
             # the models load only once the bundles are known to be usable (a damaged one stops the run first)
             report = run_index(conn, settings, lambda: load_embedders(settings), keyword, rebuild=args.rebuild,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, add_rows=add_rows)
     finally:
         db.close()
     publish_all(settings)  # PROMPTDEX_STORAGE_URL: other machines' APIs pick the new generation up
@@ -128,6 +135,22 @@ def run_index_command(args: argparse.Namespace, settings: Settings) -> int:
                 out(f"skipped: {bundle.name} item {item_id}: {error}")
         out(report.line())
     return 0
+
+
+def _cluster(args: argparse.Namespace) -> dict[str, Any] | None:
+    """With --ray: the cluster joined (one clear error now when it does not answer) and what embeds there."""
+    if args.actors is not None and (not args.ray or args.actors < 1):
+        raise InvalidInput(f"--actors: {args.actors} is not accepted; accepted: 1 or more, with --ray")
+    if not args.ray:
+        return None
+    if args.action == "status":
+        raise InvalidInput("--ray: `promptdex index status` runs no job; give --ray to `promptdex index`")
+    if args.rebuild:
+        raise InvalidInput("--ray does not rebuild: run `promptdex index --rebuild` without --ray, then "
+                           "`promptdex index --ray ADDRESS` for what comes later")
+    from indexer.fleet import on_cluster
+
+    return on_cluster(args.ray, actors=args.actors)
 
 
 def _print_status(status: dict[str, Any], *, as_json: bool) -> int:
