@@ -45,8 +45,12 @@ T = TypeVar("T")
 # re-ranks them with the finer stored codes (see BENCHMARKS.md: 10 loses almost nothing against 20 at 1M).
 REFINE_K_FACTOR = 10
 # ~170 bytes a 512-d vector: 32 of fast-scan codes on a 256-d rotation, dim/4 of refine codes (bench/compact.py)
-COMPACT_FACTORY = "OPQ64_256,IVF{nlist},PQ64x4fs,Refine(PQ{refine})"
+COMPACT_FACTORY = "OPQ64_256,IVF{nlist},PQ64x4fs,Refine(PQ{refine}np)"  # np: no polysemous training (slow, unused here)
 RETRAIN_GROWTH = 4  # an approximate bundle holding more than this many times its training count is retrained
+# Training vectors: FAISS's k-means uses at most 256 a list; past TRAIN_CAP (512 MiB of 512-d float32) fewer, but
+# never under 64 a list (FAISS wants 39).
+TRAIN_PER_LIST, TRAIN_MIN_PER_LIST, TRAIN_CAP = 256, 64, 262_144
+READD_CHUNK = 65_536  # vectors decoded at a time when re-adding an index's vectors to a new one (128 MiB at 512-d)
 
 
 def layout_factory(layout: str, standard: str) -> str:
@@ -355,6 +359,41 @@ def _refine_of(index: Any) -> Any:
     return inner if isinstance(inner, faiss.IndexRefine) else None
 
 
+def _train_positions(count: int, nlist: int) -> Ids:
+    """Positions of the vectors an index of `nlist` lists is trained on (a fixed sample; all of a small bundle)."""
+    size = min(count, TRAIN_PER_LIST * nlist, max(TRAIN_CAP, TRAIN_MIN_PER_LIST * nlist))
+    if size >= count:
+        return np.arange(count, dtype=np.int64)
+    return np.sort(np.random.default_rng(0).choice(count, size, replace=False)).astype(np.int64)
+
+
+def _decoder(inner: Any) -> Any:
+    """A function from positions in `inner` (the index under the id map) to its vectors as stored: the refine
+    stage's codes where there is one (SQ8: cosine ~0.9999 to the original; PQ: coarser), else the index's own
+    (an IVF gets a direct map for it)."""
+    refine = faiss.downcast_index(inner.refine_index) if isinstance(inner, faiss.IndexRefine) else None
+    source = refine if refine is not None else inner
+    if refine is None and _is_ivf(inner):
+        faiss.extract_index_ivf(inner).make_direct_map()
+
+    def decode(positions: Ids) -> Vectors:
+        if len(positions) == 0:
+            return np.zeros((0, inner.d), np.float32)
+        first = int(positions[0])
+        if int(positions[-1]) - first == len(positions) - 1:  # a run: one call
+            return np.asarray(source.reconstruct_n(first, len(positions)), dtype=np.float32)
+        return np.asarray(source.reconstruct_batch(np.ascontiguousarray(positions, dtype=np.int64)), np.float32)
+
+    return decode
+
+
+def _readd(index: Any, decode: Any, ids: Ids, chunk: int) -> None:
+    """Add the vectors `decode` gives for positions 0..len(ids)-1 to `index` under `ids`, `chunk` at a time."""
+    for start in range(0, len(ids), chunk):
+        at = np.arange(start, min(start + chunk, len(ids)), dtype=np.int64)
+        index.add_with_ids(decode(at), ids[at])
+
+
 class Bundle:
     """A FAISS index whose ids are database ids, with its manifest. Exact (flat) below `exact_threshold`
     vectors, approximate (`approx_factory`, IVF by default) above it; memory-mapped bundles are read-only."""
@@ -474,20 +513,41 @@ class Bundle:
         `approx_factory` is a FAISS factory string; `{nlist}` becomes 2*sqrt(count) inverted lists and `{pq}`
         dim/2 product-quantizer sub-vectors (2 dimensions each), `{refine}` dim/4 (the compact layout's refine)."""
         ids, vectors = self.vectors()
-        nlist = max(1, min(int(2 * math.sqrt(len(ids))), len(ids) // 39))  # FAISS wants >= 39 points a list
-        spec = approx_factory.format(nlist=nlist, pq=max(1, self.dim // 2), refine=max(1, self.dim // 4))
-        index = faiss.index_factory(self.dim, f"IDMap2,{spec}", faiss.METRIC_INNER_PRODUCT)
-        sample = vectors if len(vectors) <= 256 * nlist else vectors[np.random.default_rng(0).choice(
-            len(vectors), 256 * nlist, replace=False)]
-        index.train(sample)
+        spec, index = self._new_index(approx_factory, len(ids))
+        index.train(vectors[_train_positions(len(ids), faiss.extract_index_ivf(index).nlist)])
         index.add_with_ids(vectors, ids)
+        self._adopt(index, spec, len(ids))
+        logger.info("bundle %s is now approximate (%s, %d vectors)", self.manifest.name, spec, len(ids))
+
+    def retrain(self, approx_factory: str, *, chunk: int = READD_CHUNK) -> None:
+        """Train a new approximate index for the count held now (new inverted lists, new OPQ and PQ codebooks) and
+        re-add every vector under its id. The vectors are decoded from the old index's finest codes (the refine
+        stage's; an IVF's own otherwise): the training sample, then `chunk` at a time, so only the sample and one
+        chunk are ever float32 in memory. Nothing is written until `save`, which commits it like any save."""
+        if self.read_only:
+            raise PromptdexError(f"bundle {self.manifest.name!r} is memory-mapped (read-only); open it in memory")
+        if self.manifest.index_type == "flat":
+            raise PromptdexError(f"bundle {self.manifest.name!r} is exact: there is nothing to retrain")
+        ids, decode = self.ids(), _decoder(faiss.downcast_index(self.index.index))
+        was = self.manifest.index_type
+        spec, index = self._new_index(approx_factory, len(ids))
+        index.train(decode(_train_positions(len(ids), faiss.extract_index_ivf(index).nlist)))
+        _readd(index, decode, ids, chunk)
+        self._adopt(index, spec, len(ids))
+        logger.info("bundle %s retrained: %s -> %s (%d vectors)", self.manifest.name, was, spec, len(ids))
+
+    def _new_index(self, approx_factory: str, count: int) -> tuple[str, Any]:
+        nlist = max(1, min(int(2 * math.sqrt(count)), count // 39))  # FAISS wants >= 39 points a list
+        spec = approx_factory.format(nlist=nlist, pq=max(1, self.dim // 2), refine=max(1, self.dim // 4))
+        return spec, faiss.index_factory(self.dim, f"IDMap2,{spec}", faiss.METRIC_INNER_PRODUCT)
+
+    def _adopt(self, index: Any, spec: str, trained_count: int) -> None:
         self.index = index
         self.manifest.index_type = spec
-        self.manifest.trained_count = len(ids)
+        self.manifest.trained_count = trained_count
         refine = _refine_of(index)
         if refine is not None:
             refine.k_factor = REFINE_K_FACTOR
-        logger.info("bundle %s is now approximate (%s, %d vectors)", self.manifest.name, spec, len(ids))
 
     def remove(self, ids: Ids | list[int]) -> int:
         """Remove entries by id; returns how many were removed."""
@@ -499,22 +559,21 @@ class Bundle:
 
     def _remove_by_rebuild(self, ids: Ids) -> int:
         """Approximate indexes under the id map cannot remove in place (IVF keeps the old positions, a refine
-        stage cannot remove at all): re-add every other vector, as stored, to an empty copy of the trained index."""
+        stage cannot remove at all): re-add every other vector, as stored, to an empty copy of the trained index
+        (decoded a chunk at a time)."""
         all_ids = self.ids()
-        keep = ~np.isin(all_ids, ids)
-        removed = int((~keep).sum())
+        keep = np.flatnonzero(~np.isin(all_ids, ids))
+        removed = len(all_ids) - len(keep)
         if removed == 0:
             return 0
         inner = faiss.downcast_index(self.index.index)
-        if _is_ivf(inner):
-            faiss.extract_index_ivf(inner).make_direct_map()
-        vectors = inner.reconstruct_n(0, inner.ntotal)[keep]
+        decode = _decoder(inner)
         fresh = faiss.clone_index(inner)
         fresh.reset()
         if _is_ivf(fresh):
             faiss.extract_index_ivf(fresh).make_direct_map(False)  # the copy needs no direct map
         index = faiss.IndexIDMap2(fresh)
-        index.add_with_ids(vectors, all_ids[keep])
+        _readd(index, lambda at: decode(keep[at]), all_ids[keep], READD_CHUNK)
         self.index = index
         return removed
 

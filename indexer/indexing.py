@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +33,17 @@ import psycopg
 from psycopg import sql
 from tqdm import tqdm
 
-from indexer.bundles import MANIFEST, Bundle, Verify, layout_factory, read_manifest, sweep, verify_bundle
+from indexer.bundles import (
+    MANIFEST,
+    RETRAIN_GROWTH,
+    Bundle,
+    Verify,
+    layout_factory,
+    outgrown,
+    read_manifest,
+    sweep,
+    verify_bundle,
+)
 from indexer.embedders import Embedder, Embedders, Vectors
 from indexer.images import (
     ImageRejected,
@@ -50,11 +60,13 @@ from indexer.safety.rescore import score_indexed
 from promptdex.errors import IndexCorrupt, IndexMismatch, PromptdexError
 from promptdex.index_state import indexed_ids, record_indexed, replace_indexed, upsert_bundle
 from promptdex.settings import Settings
-from promptdex.storage import local_image
+from promptdex.storage import local_image, remote_storage
 
 logger = logging.getLogger(__name__)
 
 Conn = psycopg.Connection[Any]
+# Who embeds a bundle's pending rows into it: `_add_rows`'s signature (`index --ray` passes the cluster's)
+AddRows = Callable[..., list[int]]
 IMAGE_BUNDLE = "clip-image"
 PROMPT_BUNDLE = "prompt-text"
 _LOCK = 0x70646978  # pg_advisory_lock key: one `promptdex index` per database at a time
@@ -88,6 +100,8 @@ class BundleReport:
     skipped: list[tuple[int, str]] = field(default_factory=list)
     scored: int = 0  # images the NSFW classifiers scored on the way
     replaced_damaged: str = ""  # a rebuild over a damaged bundle: what was wrong with it
+    retrained: str = ""  # an outgrown approximate bundle retrained: "old index -> new index"
+    trained_on: int = 0  # ... and the count the old one was trained on
 
 
 @dataclass
@@ -98,8 +112,8 @@ class IndexReport:
     seconds: float = 0.0
 
     def line(self) -> str:
-        parts = [f"{b.name}: +{b.added} ({b.total} total{', replaced a damaged bundle' if b.replaced_damaged else ''})"
-                 for b in self.bundles]
+        parts = [f"{b.name}: +{b.added} ({b.total} total{', replaced a damaged bundle' if b.replaced_damaged else ''}"
+                 f"{', retrained' if b.retrained else ''})" for b in self.bundles]
         parts.append(f"keyword ({self.keyword_backend}): +{self.keyword_added} prompts")
         skipped = sum(len(b.skipped) for b in self.bundles)
         tail = f"; {skipped} items could not be embedded" if skipped else ""
@@ -189,7 +203,7 @@ def _load(item: dict[str, Any], settings: Settings) -> IndexPixels | ImageReject
     original = local_image(settings, item["path"])  # PROMPTDEX_STORAGE_URL=s3://: fetched once into a cache
     try:
         return index_pixels(original, item["sha256"], settings.thumbs_path, thumb_size=settings.indexer.thumb_size,
-                            max_pixels=settings.indexer.max_image_pixels)
+                            max_pixels=settings.indexer.max_image_pixels, storage=remote_storage(settings, "thumbs"))
     except ImageRejected as exc:
         return exc
     except OSError as exc:  # writing the thumbnail failed
@@ -287,6 +301,19 @@ def _damage(path: Path) -> str:
     return ""
 
 
+def retrain_outgrown(settings: Settings, bundle: Bundle, report: BundleReport) -> bool:
+    """Retrain an approximate bundle that holds more than RETRAIN_GROWTH times the vectors it was trained on, for
+    the count it holds now (in memory: the caller's save commits it, the old generation serves until then)."""
+    if not outgrown(bundle.manifest, bundle.count):
+        return False
+    was, report.trained_on = bundle.manifest.index_type, bundle.manifest.trained_count
+    bundle.retrain(layout_factory(settings.indexer.bundle_layout, settings.indexer.approx_factory))
+    report.retrained = f"{was} -> {bundle.manifest.index_type}"
+    logger.info("%s: %d vectors, over %dx the %d it was trained on: retrained, %s", bundle.manifest.name,
+                bundle.count, RETRAIN_GROWTH, report.trained_on, report.retrained)
+    return True
+
+
 def rebuild_bundle(conn: Conn, settings: Settings, spec: BundleSpec, embedder: Embedder, *, progress: bool = True,
                    on_batch: Callable[[int], None] | None = None) -> BundleReport:
     """A new bundle of every row, built in memory and saved beside the old one; its records are replaced after
@@ -298,6 +325,7 @@ def rebuild_bundle(conn: Conn, settings: Settings, spec: BundleSpec, embedder: E
         logger.warning("%s: rebuilding over a damaged bundle: %s", spec.name, report.replaced_damaged)
     bundle = Bundle.create(path, name=spec.name, kind=spec.kind, model=embedder.model_id, dim=embedder.dim)
     _add_rows(conn, settings, spec, embedder, bundle, report, rebuild=True, progress=progress, on_batch=on_batch)
+    retrain_outgrown(settings, bundle, report)  # trained at the exact threshold, then grown past 4x of it
     bundle.save()
     with conn.transaction():
         _register(conn, spec, bundle)
@@ -307,15 +335,19 @@ def rebuild_bundle(conn: Conn, settings: Settings, spec: BundleSpec, embedder: E
 
 
 def index_bundle(conn: Conn, settings: Settings, spec: BundleSpec, embedder: Embedder, *, rebuild: bool = False,
-                 progress: bool = True, on_batch: Callable[[int], None] | None = None) -> BundleReport:
-    """Bring one bundle up to date with its table (or rebuild it); returns what it did."""
+                 progress: bool = True, on_batch: Callable[[int], None] | None = None,
+                 add_rows: AddRows | None = None) -> BundleReport:
+    """Bring one bundle up to date with its table (or rebuild it); returns what it did. `add_rows`: what embeds
+    the pending rows in an update (default `_add_rows`, here)."""
     if rebuild:
         return rebuild_bundle(conn, settings, spec, embedder, progress=progress, on_batch=on_batch)
     report = BundleReport(spec.name, model=embedder.model_id)
     bundle = open_for_update(settings, spec, embedder)
     reconcile(conn, spec, bundle, report)
-    unsaved = _add_rows(conn, settings, spec, embedder, bundle, report, rebuild=False, progress=progress,
-                        on_batch=on_batch)
+    if retrain_outgrown(settings, bundle, report):  # before adding: the new rows are encoded once, by the new one
+        _commit(conn, spec, bundle, [])
+    unsaved = (add_rows or _add_rows)(conn, settings, spec, embedder, bundle, report, rebuild=False,
+                                      progress=progress, on_batch=on_batch)
     if unsaved or read_manifest(bundle.path) is None:
         _commit(conn, spec, bundle, unsaved)
     report.total = bundle.count
@@ -323,12 +355,14 @@ def index_bundle(conn: Conn, settings: Settings, spec: BundleSpec, embedder: Emb
 
 
 def run_index(conn: Conn, settings: Settings, embedders: Embedders | Callable[[], Embedders],
-              keyword: KeywordIndex, *, rebuild: bool = False, progress: bool = True) -> IndexReport:
+              keyword: KeywordIndex, *, rebuild: bool = False, progress: bool = True,
+              add_rows: Mapping[str, AddRows] | None = None) -> IndexReport:
     """Update both bundles and the keyword index. Only one run per database at a time (advisory lock).
 
     What cannot succeed stops the run before anything changes: under the lock the leftovers of interrupted saves
     are swept, then (not for a rebuild) both bundles are checked against their checksums, before `embedders` (or
-    the function that loads them) is used, and against the loaded models."""
+    the function that loads them) is used, and against the loaded models. `add_rows`: by bundle name, what embeds
+    its pending rows instead of this process in an update (`index --ray`: `indexer.fleet`)."""
     started = time.monotonic()
     locked = rows(conn, "SELECT pg_try_advisory_lock(%s) AS ok", (_LOCK,))
     if not locked or not locked[0]["ok"]:
@@ -347,7 +381,8 @@ def run_index(conn: Conn, settings: Settings, embedders: Embedders | Callable[[]
             if not rebuild:
                 check_model(settings, spec, embedder)
         for spec, embedder in pairs:
-            report.bundles.append(index_bundle(conn, settings, spec, embedder, rebuild=rebuild, progress=progress))
+            report.bundles.append(index_bundle(conn, settings, spec, embedder, rebuild=rebuild, progress=progress,
+                                               add_rows=(add_rows or {}).get(spec.name)))
         if rebuild:
             keyword.rebuild(conn)
         bar = tqdm(desc="keyword", unit="prompt", file=sys.stderr, disable=not progress)
