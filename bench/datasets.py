@@ -1,0 +1,171 @@
+"""Dataset import rate: `promptdex import-dataset diffusiondb` over generated DiffusionDB-layout zip archives (1,000
+small distinct PNGs and a part-NNNNNN.json each), against `promptdex import` of the same images as loose files in the
+same run (the baseline), on a fresh embedded PostgreSQL each. Peak RSS is sampled through the run to show that memory
+stays flat as the row count grows (streaming).
+
+    python -m bench.datasets --rows 20000 --out bench/results/datasets
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import shutil
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from bench.common import log, machine
+
+PER_PART = 1000
+
+
+def make_dataset(root: Path, files: Path, rows: int, seed: int = 0) -> int:
+    """DiffusionDB's layout under `root` (images/part-NNNNNN.zip) and the same images as loose files under `files`.
+    Returns the bytes written to the archives."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    samplers = ["k_lms", "k_euler_a", "k_euler", "ddim", "plms", "k_dpm_2"]
+    total = 0
+    for part in range(1, (rows + PER_PART - 1) // PER_PART + 1):
+        entries = {}
+        folder = files / f"part-{part:06d}"
+        folder.mkdir(parents=True)
+        with zipfile.ZipFile(root / "images" / f"part-{part:06d}.zip", "w") as archive:
+            for i in range(min(PER_PART, rows - (part - 1) * PER_PART)):
+                name = f"{part:06d}{i:04d}-0000-4000-8000-000000000000.png"
+                buffer = io.BytesIO()
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buffer, "PNG")
+                archive.writestr(name, buffer.getvalue())
+                (folder / name).write_bytes(buffer.getvalue())
+                entries[name] = {"p": f"a photo of subject {part * PER_PART + i}, trending on artstation",
+                                 "se": int(rng.integers(0, 2**32)), "c": 7.0, "st": 50, "sa": samplers[i % 6]}
+            archive.writestr(f"part-{part:06d}.json", json.dumps(entries))
+        total += (root / "images" / f"part-{part:06d}.zip").stat().st_size
+    return total
+
+
+class RssSampler:
+    """This process's resident memory, sampled every 0.25 s: (rows done so far, MiB) pairs."""
+
+    def __init__(self, progress: list[int]) -> None:
+        self.samples: list[tuple[int, float]] = []
+        self.progress, self.stop = progress, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self.stop.wait(0.25):
+            with open("/proc/self/statm") as handle:
+                rss = int(handle.read().split()[1]) * page / 2**20
+            self.samples.append((self.progress[0], round(rss, 1)))
+
+    def __enter__(self) -> RssSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _settings(data: Path) -> Any:
+    from promptdex.settings import get_settings
+
+    return get_settings(_env_file=None, data_dir=data, database_url=None)
+
+
+def run_dataset_import(root: Path, data: Path) -> dict[str, Any]:
+    from indexer.datasets.core import import_dataset
+    from indexer.datasets.layouts import Options, open_dataset
+    from promptdex.db import open_database
+
+    settings = _settings(data)
+    database = open_database(settings)
+    progress = [0]
+    try:
+        with database.connect(autocommit=True) as conn:
+            dataset = open_dataset("diffusiondb", root, Options())
+            for unit in dataset.units:  # count rows as parts finish, for the memory samples
+                inner = unit.items
+
+                def counted(skip: int, inner: Any = inner) -> Any:
+                    for item in inner(skip):
+                        progress[0] += 1
+                        yield item
+
+                unit.items = counted
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            with RssSampler(progress) as rss:
+                summary = import_dataset(conn, settings, dataset, progress=False)
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    finally:
+        database.close()
+    return {"rows": summary.items, "imported": summary.imported, "errors": len(summary.errors),
+            "seconds": round(seconds, 2), "rows_per_s": round(summary.items / seconds, 1),
+            "cpu_ms_per_row": round(1000 * cpu / max(1, summary.items), 3), "rss_samples": _thin(rss.samples)}
+
+
+def run_folder_import(files: Path, data: Path) -> dict[str, Any]:
+    from indexer.importer import import_paths
+    from promptdex.db import open_database
+
+    settings = _settings(data)
+    database = open_database(settings)
+    try:
+        with database.connect(autocommit=True) as conn:
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            summary = import_paths(conn, settings, [files], progress=False)
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    finally:
+        database.close()
+    return {"rows": summary.files, "imported": summary.imported, "errors": len(summary.errors),
+            "seconds": round(seconds, 2), "rows_per_s": round(summary.files / seconds, 1),
+            "cpu_ms_per_row": round(1000 * cpu / max(1, summary.files), 3)}
+
+
+def _thin(samples: list[tuple[int, float]], keep: int = 20) -> list[tuple[int, float]]:
+    step = max(1, len(samples) // keep)
+    return samples[::step] + samples[-1:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=20000)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/datasets"))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    work = args.out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log(f"making {args.rows} rows of DiffusionDB archives")
+    size = make_dataset(work / "ddb", work / "files", args.rows)
+    load = [round(x, 2) for x in os.getloadavg()]
+    log("import-dataset diffusiondb")
+    dataset = run_dataset_import(work / "ddb", work / "data-dataset")
+    log(f"  {dataset['rows_per_s']} rows/s; promptdex import of the same images as files (baseline)")
+    folder = run_folder_import(work / "files", work / "data-folder")
+    log(f"  {folder['rows_per_s']} files/s")
+    result = {"command": "python -m bench.datasets " + " ".join(sys.argv[1:] if argv is None else argv),
+              "machine": machine(), "rows": args.rows, "archive_mib": round(size / 2**20, 1),
+              "load_average_start": load, "load_average_end": [round(x, 2) for x in os.getloadavg()],
+              "import_dataset": dataset, "import_files_baseline": folder,
+              "ratio_rows_per_s": round(dataset["rows_per_s"] / folder["rows_per_s"], 2),
+              "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    (args.out / "results.json").write_text(json.dumps(result, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+    log(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
