@@ -101,7 +101,8 @@ class IndexerSettings(BaseModel):
         description="FAISS factory string of the approximate index ({nlist}: 2*sqrt(count); {pq}: dim/2).")
     bundle_layout: BundleLayout = Field(
         BundleLayout.STANDARD, description="Approximate bundles: standard (approx_factory, ~660 bytes a 512-d "
-        "vector) or compact (OPQ64_256,IVF,PQ64x4fs,Refine(PQ128): ~170 bytes a vector; recall not yet benchmarked).")
+        "vector, recall@10 0.96 at 1M) or compact (OPQ64_256,IVF,PQ64x4fs,Refine(PQ128np): ~180 bytes a vector, "
+        "recall@10 only ~0.62 at 1M on synthetic vectors; see BENCHMARKS.md).")
     nprobe: int = Field(128, ge=1, description="Inverted lists an approximate index searches.")
     checkpoint_every: int = Field(
         10_000, ge=1, description="`promptdex index` saves the bundles after this many new vectors.")
