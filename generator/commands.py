@@ -245,15 +245,18 @@ def _generate_on_ray(args: argparse.Namespace, settings: Settings, requests: lis
     from tqdm import tqdm
 
     from generator.fleet import generate_on_ray
+    from promptdex.cluster import seal_stdout, stdout_to_stderr
 
     total = sum(len(r.seeds or []) for r in requests)
     started = time.monotonic()
-    with tqdm(total=total, unit="img", desc="generate (ray)", file=sys.stderr, disable=None) as bar:
+    with stdout_to_stderr(), tqdm(total=total, unit="img", desc="generate (ray)", file=sys.stderr,
+                                  disable=None) as bar:
         result = generate_on_ray(settings, requests, address=args.ray, actors=args.actors, device=args.device,
                                  dtype=args.dtype, threads=args.threads, offline=_offline(args),
                                  block_rows=args.batch or settings.generator.batch_size, progress=bar.update)
     ids = [i for row in result["ids"] for i in row]
     out(json.dumps(ids) if args.json else " ".join(map(str, ids)))
+    seal_stdout()
     sys.stderr.write(f"generated {total} images on Ray ({result['created']} new, {result['existing']} already in "
                      f"the corpus, {result['skipped']} skipped as stored, {result['blocked']} blocked) in "
                      f"{time.monotonic() - started:.1f} s\n")

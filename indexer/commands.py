@@ -122,8 +122,11 @@ def run_index_command(args: argparse.Namespace, settings: Settings) -> int:
             from indexer.embedders import load_embedders
 
             # the models load only once the bundles are known to be usable (a damaged one stops the run first)
-            report = run_index(conn, settings, lambda: load_embedders(settings), keyword, rebuild=args.rebuild,
-                               progress=not args.no_progress, add_rows=add_rows)
+            from promptdex.cluster import stdout_to_stderr
+
+            with stdout_to_stderr() if add_rows is not None else nullcontext():  # Ray's messages stay off stdout
+                report = run_index(conn, settings, lambda: load_embedders(settings), keyword, rebuild=args.rebuild,
+                                   progress=not args.no_progress, add_rows=add_rows)
     finally:
         db.close()
     publish_all(settings)  # PROMPTDEX_STORAGE_URL: other machines' APIs pick the new generation up
@@ -134,6 +137,10 @@ def run_index_command(args: argparse.Namespace, settings: Settings) -> int:
             for item_id, error in bundle.skipped:
                 out(f"skipped: {bundle.name} item {item_id}: {error}")
         out(report.line())
+    if add_rows is not None:
+        from promptdex.cluster import seal_stdout
+
+        seal_stdout()
     return 0
 
 

@@ -5,8 +5,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,3 +65,24 @@ def portable(settings: Model) -> Model:
     """The settings with every folder absolute (those of the groups too), as an actor or task in another working
     directory must see them."""
     return _absolute(settings)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """While Ray runs, what anything writes to standard output (Ray's own warnings when a node is lost, from Python
+    or C++) goes to standard error, so that a command's `--json` output stays the only thing on stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def seal_stdout() -> None:
+    """After a command printed its result: later writes to stdout (Ray's shutdown messages) go to stderr."""
+    sys.stdout.flush()
+    os.dup2(2, 1)

@@ -223,9 +223,14 @@ def diffusiondb(root: Path, options: Options) -> Dataset:
     units = []
     for number, where in parts:
         name = f"part-{number:06d}"
-        count = None
         if where.is_dir():
             count = sum(1 for f in where.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        else:  # the archive's directory only, for the progress bar's total
+            try:
+                with zipfile.ZipFile(where) as archive:
+                    count = sum(1 for n in archive.namelist() if Path(n).suffix.lower() in IMAGE_SUFFIXES)
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise DatasetError(f"{where}: not a readable zip archive ({exc})") from None
         units.append(Unit(name, _stat_print(where / f"{name}.json") if where.is_dir() and
                           (where / f"{name}.json").is_file() else _stat_print(where),
                           partial(_ddb_items, where, number, table), count))

@@ -178,6 +178,11 @@ def test_diffusiondb_metadata_table_alone_and_bad_layouts(tiny: Any, conn: Any, 
         open_dataset("diffusiondb", root, Options())
     with pytest.raises(DatasetError, match="no such file or folder"):
         open_dataset("diffusiondb", tmp_path / "missing", Options())
+    zipped = tmp_path / "zipped"
+    build_diffusiondb(zipped, images[:4], zipped=True, table=False)
+    (zipped / "images" / "part-000001.zip").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(DatasetError, match=r"part-000001.zip: not a readable zip archive"):
+        open_dataset("diffusiondb", zipped, Options())
 
 
 def test_sampler_names() -> None:
