@@ -14,13 +14,14 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from tqdm import tqdm
@@ -55,6 +56,8 @@ from promptdex.store import (
 )
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 Conn = psycopg.Connection[Any]
 _BATCH = 64  # files per database transaction at most
@@ -222,21 +225,20 @@ def _metadata(file: ImageBytes, *, max_pixels: int) -> ReadResult:
     return result if result.error is not None else read_metadata(file.path, image=pixels)
 
 
-def _in_order(pool: ThreadPoolExecutor, todo: Sequence[Path], work: Callable[[Path], _Prepared],
-              ahead: int) -> Iterator[_Prepared]:
-    """`work` of each path, in order, with at most `ahead` files in flight (never the whole folder at once)."""
-    pending: deque[Future[_Prepared]] = deque()
-    paths = iter(todo)
-    for path in paths:
-        pending.append(pool.submit(work, path))
+def in_order(pool: ThreadPoolExecutor, todo: Iterable[T], work: Callable[[T], R], ahead: int) -> Iterator[R]:
+    """`work` of each item, in order, with at most `ahead` in flight (never the whole folder at once; `todo` is
+    consumed lazily, so it may be a generator)."""
+    pending: deque[Future[R]] = deque()
+    items = iter(todo)
+    for item in items:
+        pending.append(pool.submit(work, item))
         if len(pending) >= ahead:
             break
     while pending:
-        item = pending.popleft().result()
-        following = next(paths, None)
-        if following is not None:
+        done = pending.popleft().result()
+        for following in islice(items, 1):
             pending.append(pool.submit(work, following))
-        yield item
+        yield done
 
 
 def import_paths(conn: Conn, settings: Settings, paths: Sequence[str | Path], *, workers: int | None = None,
@@ -270,7 +272,7 @@ def import_paths(conn: Conn, settings: Settings, paths: Sequence[str | Path], *,
             since = time.monotonic()
             ahead = _BATCH + threads * _AHEAD  # a whole batch is read while the one before it is stored
             scorer = get_scorer(settings)
-            for item in _in_order(pool, todo, lambda p: prepare(p, settings, scorer), ahead):
+            for item in in_order(pool, todo, lambda p: prepare(p, settings, scorer), ahead):
                 batch.append(item)
                 if len(batch) >= _BATCH or time.monotonic() - since >= _BATCH_SECONDS:
                     _store_batch(conn, batch, records, summary)

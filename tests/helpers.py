@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # The suite's one cache of ONNX exports (tests/conftest.py sets it): every test's process exports each model once.
@@ -36,3 +38,22 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
         [sys.executable, "-m", "promptdex", *args], cwd=cwd, env=env if env is not None else clean_env(),
         capture_output=True, text=True, timeout=timeout, check=False,
     )
+
+
+@contextmanager
+def moto_s3(bucket: str) -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 (a real S3-protocol server, started and stopped here) with one bucket; yields
+    its endpoint URL."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
+                     aws_secret_access_key="test").create_bucket(Bucket=bucket)
+        yield endpoint
+    finally:
+        server.stop()

@@ -17,9 +17,8 @@ import logging
 import os
 import sys
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +29,8 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from indexer.images import ImageRejected, read_image_data
+from indexer.importer import in_order
+from indexer.keyword.base import rows
 from indexer.metadata.reader import read_metadata
 from indexer.metadata.result import NO_METADATA
 from indexer.safety import Scorer, get_scorer
@@ -192,31 +193,13 @@ def prepare(item: Item, dataset: Dataset, settings: Settings, storage: Storage, 
                            "import again: it carries on where it stopped") from exc
 
 
-def _in_order(pool: ThreadPoolExecutor, items: Iterable[Item], work: Callable[[Item], Prepared],
-              ahead: int) -> Iterator[Prepared]:
-    """`work` of each item, in order, at most `ahead` in flight (the items are read lazily)."""
-    pending: deque[Future[Prepared]] = deque()
-    source = iter(items)
-    for item in source:
-        pending.append(pool.submit(work, item))
-        if len(pending) >= ahead:
-            break
-    while pending:
-        done = pending.popleft().result()
-        following = next(source, None)
-        if following is not None:
-            pending.append(pool.submit(work, following))
-        yield done
-
-
 def _progress(conn: Conn, dataset: str, unit: Unit) -> int:
     """How many of the unit's items are stored (0 when new or changed since)."""
-    row = conn.execute("SELECT fingerprint, done, finished FROM dataset_units WHERE dataset = %s AND unit = %s",
-                       (dataset, unit.name)).fetchone()
-    if row is None:
+    found = rows(conn, "SELECT fingerprint, done, finished FROM dataset_units WHERE dataset = %s AND unit = %s",
+                 (dataset, unit.name))
+    if not found:
         return 0
-    fingerprint, done, finished = row if isinstance(row, tuple) else (row["fingerprint"], row["done"],
-                                                                     row["finished"])
+    fingerprint, done, finished = found[0]["fingerprint"], found[0]["done"], found[0]["finished"]
     if fingerprint != unit.fingerprint:
         logger.info("%s: changed since it was imported: reading it again", unit.name)
         return 0
@@ -286,7 +269,7 @@ def import_dataset(conn: Conn, settings: Settings, dataset: Dataset, *, sink: Ve
             bar.update(done)
             batch: list[Prepared] = []
             work = lambda item: prepare(item, dataset, settings, storage, scorer)  # noqa: E731
-            prepared_items = _in_order(pool, unit.items(done), work, BATCH + threads * _AHEAD_PER_WORKER)
+            prepared_items = in_order(pool, unit.items(done), work, BATCH + threads * _AHEAD_PER_WORKER)
             while True:
                 batch = [p for _, p in zip(range(BATCH), prepared_items, strict=False)]
                 finished = len(batch) < BATCH

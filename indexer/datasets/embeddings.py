@@ -25,6 +25,7 @@ import psycopg
 from indexer.bundles import Bundle, Verify, layout_factory, read_manifest, sweep, verify_bundle
 from indexer.datasets.core import DatasetError
 from indexer.indexing import _LOCK, IMAGE_BUNDLE, SPECS, BundleReport, _commit, reconcile
+from indexer.keyword.base import rows
 from promptdex.errors import PromptdexError
 from promptdex.settings import Settings
 
@@ -150,8 +151,8 @@ class EmbeddingSink:
         self.path = settings.indexes_path / IMAGE_BUNDLE
         self.unsaved: list[int] = []
         self.uncovered = 0
-        locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK,)).fetchone()
-        if not locked or not (locked[0] if isinstance(locked, tuple) else next(iter(locked.values()))):
+        locked = rows(conn, "SELECT pg_try_advisory_lock(%s) AS ok", (_LOCK,))
+        if not locked or not locked[0]["ok"]:
             raise PromptdexError("another `promptdex index` (or an import with --embeddings) is running on this "
                                  "database; wait for it to finish")
         try:
@@ -188,9 +189,9 @@ class EmbeddingSink:
         if not pairs:
             return 0
         ids = [i for i, _ in pairs]
-        found = conn.execute("SELECT item_id FROM index_entries WHERE bundle = %s AND item_id = ANY(%s)",
-                             (IMAGE_BUNDLE, ids)).fetchall()
-        known = {int(r[0] if isinstance(r, tuple) else r["item_id"]) for r in found} | set(self.unsaved)
+        found = rows(conn, "SELECT item_id FROM index_entries WHERE bundle = %s AND item_id = ANY(%s)",
+                     (IMAGE_BUNDLE, ids))
+        known = {int(r["item_id"]) for r in found} | set(self.unsaved)
         new_ids, vectors = [], []
         for image_id, key in pairs:
             if image_id in known:

@@ -309,8 +309,7 @@ def _ddb_item(part: _Part, file: str, entries: dict[str, Any] | None, rows: dict
     if data is None:
         return Item(file, where, None, error=f"listed in {part.where.stem}.json but not in {part.where.name}")
     if entry is not None:
-        unknown = {"p"} - set(entry)
-        if unknown:
+        if "p" not in entry:
             return Item(file, where, data, error=f"{part.where.stem}.json: its entry has no \"p\" (prompt)")
         params, error = params_from(entry, {v: k for k, v in _DDB_KEYS.items()}, f"{part.where.stem}.json", "key")
     else:

@@ -30,7 +30,7 @@ import psycopg
 import pytest
 
 from tests.e2e.test_web import UNLIMITED_RATES, _cli, _free_port, _wait_ready, add_account, corpus_env
-from tests.helpers import stop_process
+from tests.helpers import moto_s3, stop_process
 
 pytestmark = pytest.mark.e2e
 
@@ -47,19 +47,8 @@ LATER = "a zebra crossing a salt flat at noon"  # 2 images, added while the repl
 @pytest.fixture(scope="module")
 def s3() -> Iterator[str]:
     """The endpoint of a moto S3 server on 127.0.0.1 with one bucket: the storage every "machine" shares."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
-                     aws_secret_access_key="test").create_bucket(Bucket=BUCKET)
+    with moto_s3(BUCKET) as endpoint:
         yield endpoint
-    finally:
-        server.stop()
 
 
 # ---------------------------------------------------------------- HTTP

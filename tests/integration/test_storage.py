@@ -18,7 +18,7 @@ from promptdex.errors import ConfigError, IndexCorrupt
 from promptdex.settings import get_settings
 from promptdex.storage import ObjectInfo, Storage, check_storage, get_storage, missing_keys
 from search_api.app import create_app
-from tests.helpers import clean_env, run_cli
+from tests.helpers import clean_env, moto_s3, run_cli
 from tests.integration.api_corpus import create_database
 
 pytestmark = pytest.mark.integration
@@ -30,19 +30,8 @@ AWS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION
 @pytest.fixture(scope="module")
 def s3() -> Iterator[str]:
     """The endpoint of a moto S3 server this module starts (and stops), with one bucket."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
-                     aws_secret_access_key="test").create_bucket(Bucket=BUCKET)
+    with moto_s3(BUCKET) as endpoint:
         yield endpoint
-    finally:
-        server.stop()
 
 
 @pytest.fixture(autouse=True)
