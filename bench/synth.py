@@ -335,5 +335,5 @@ def copy_rows(corpus: Corpus, seed: int = 0, start_time: datetime | None = None,
             digest, f"/synthetic/{digest[:2]}/{digest}.png", 400_000 + i % 997, None, w, h, "PNG", prompt,
             negative, params["seed"], step, cfg, sampler, schedule, None, None, model, params["model_hash"],
             None, None, None, None, json.dumps(params), None, "a1111", "{}", t0 + timedelta(seconds=60 * i),
-            0.0, "synthetic", "{}", "synthetic",  # scored safe, so every safe-mode level searches all of them
+            0.0, "synthetic", "{}", "synthetic", None,  # scored safe (every safe-mode level searches them); no C2PA
         )

@@ -40,6 +40,17 @@ export function safetySummary(safety) {
   return `NSFW score ${score(safety.score)}${by}${safety.pending ? " · not scored yet by every classifier" : ""}`;
 }
 
+/** "ChatGPT (OpenAI) · AI-generated · signature valid, untrusted signer" for the record's C2PA `provenance`. */
+export function provenanceSummary(provenance) {
+  const who = provenance.label || provenance.claim_generator || "unknown generator";
+  const problems = provenance.validation_problems || [];
+  let check = `signature ${provenance.validation}`;
+  if (provenance.validation === "invalid") check = `invalid signature (${problems.join(", ")})`;
+  else if (problems.some((code) => code.startsWith("signingCredential.untrusted"))) check += ", untrusted signer";
+  const ai = provenance.ai_generated ? ["AI-generated"] : [];
+  return [who, ...ai, check].join(" · ");
+}
+
 export class DetailView {
   /**
    * @param {{onOpenImage: (id: string) => void, onClose: () => void, onStep: (delta: number) => void,
@@ -312,6 +323,12 @@ export class DetailView {
       if (item.hires) rows.push(["Hires fix", Object.entries(item.hires).map(([k, v]) => `${k}: ${v}`).join(", "), "wide"]);
       if (item.format) rows.push(["Format", String(item.format).toUpperCase()]);
       if (item.sha256) rows.push(["SHA-256", shortHash(item.sha256), "mono", item.sha256]);
+      const c2pa = item.provenance;
+      if (c2pa) {
+        const by = [c2pa.claim_generator, c2pa.claim_generator_version].filter(Boolean).join(" ");
+        rows.push(["Content credentials", provenanceSummary(c2pa), "wide provenance",
+          [by && `claim generator: ${by}`, c2pa.issuer && `issued by ${c2pa.issuer}`].filter(Boolean).join(", ")]);
+      }
     }
     params.replaceChildren(
       ...rows.map(([label, value, cls = "", title]) =>

@@ -205,7 +205,7 @@ def _new_image(file: ImageBytes | DecodedImage, result: ReadResult) -> NewImage:
     return NewImage(
         sha256=file.sha256, path=str(file.path), width=file.width, height=file.height, format=file.format,
         file_size=file.file_size, file_mtime=file.file_mtime, params=result.params, source=result.source,
-        raw_metadata=result.raw, generation=result.generation,
+        raw_metadata=result.raw, generation=result.generation, provenance=result.provenance,
         created_at=datetime.fromtimestamp(file.file_mtime, tz=UTC), **_generation_fields(result.generation),
     )
 

@@ -56,6 +56,7 @@ class NewImage(BaseModel):
     generation: dict[str, Any] | None = None
     created_at: datetime | None = None
     safety: SafetyScore | None = None  # NSFW scores (None: not scored at all)
+    provenance: dict[str, Any] | None = None  # C2PA content credentials (None: the file has none)
 
     @field_validator("source")
     @classmethod

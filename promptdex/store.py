@@ -24,10 +24,10 @@ _COLUMNS = (
     "sha256", "path", "file_size", "file_mtime", "width", "height", "format", "prompt", "negative_prompt",
     "seed", "steps", "cfg", "sampler", "scheduler", "sampler_class", "scheduler_config", "model", "model_hash",
     "clip_skip", "denoising_strength", "init_image_sha256", "hires", "params", "generation", "source",
-    "raw_metadata", "created_at", "nsfw", "nsfw_by", "nsfw_scores", "nsfw_key",
+    "raw_metadata", "created_at", "nsfw", "nsfw_by", "nsfw_scores", "nsfw_key", "provenance",
 )
 _IMAGE_COLUMNS = tuple(c for c in _COLUMNS if c != "prompt")
-_JSON_COLUMNS = {"scheduler_config", "hires", "params", "generation", "raw_metadata", "nsfw_scores"}
+_JSON_COLUMNS = {"scheduler_config", "hires", "params", "generation", "raw_metadata", "nsfw_scores", "provenance"}
 
 _SELECT = """
 SELECT i.*, coalesce(p.text, '') AS prompt
@@ -48,7 +48,7 @@ def _row_values(image: NewImage) -> tuple[Any, ...]:
         "hires": p.hires.model_dump(mode="json") if p.hires else None,
         "params": p.model_dump(mode="json"), "generation": image.generation, "source": image.source,
         "raw_metadata": image.raw_metadata, "created_at": image.created_at or datetime.now().astimezone(),
-        **_safety_values(image.safety),
+        "provenance": image.provenance, **_safety_values(image.safety),
     }
     return tuple(
         json.dumps(values[c], ensure_ascii=False) if c in _JSON_COLUMNS and values[c] is not None else values[c]

@@ -19,6 +19,7 @@ from search_api.errors import database_cause, responses
 from search_api.reproduce import reproduce_block
 from search_api.schemas import (
     MAX_ID,
+    ContentCredentials,
     Facets,
     Health,
     ImageDetail,
@@ -86,6 +87,7 @@ def image_detail(service: Service, state: State, caller: CurrentUser,
         hires=image.params.hires.model_dump(mode="json") if image.params.hires else None,
         sampler_class=image.sampler_class, scheduler_config=image.scheduler_config,
         init_image_sha256=image.init_image_sha256, generation=image.generation, raw_metadata=image.raw_metadata,
+        provenance=ContentCredentials.model_validate(image.provenance) if image.provenance else None,
         reproduce=reproduce_block(image),
         safety=_safety_view(image) if caller.is_admin else None,
     )

@@ -68,6 +68,25 @@ class ImageSafety(BaseModel):
     pending: bool = Field(description="Not every configured classifier has scored it yet (strict mode hides it).")
 
 
+class ContentCredentials(BaseModel):
+    """The C2PA content credentials (provenance) the file carried when it was imported."""
+
+    label: str | None = Field(None, description="A known generator's friendly name (\"ChatGPT (OpenAI)\", "
+                                                "\"Adobe Firefly\", \"Google Gemini\"...); null for others.")
+    claim_generator: str | None = Field(None, description="The active manifest's claim generator.")
+    claim_generator_version: str | None = None
+    software_agent: str | None = Field(None, description="The tool its actions name (\"GPT-4o\", a model).")
+    ai_generated: bool = Field(False, description="An action's digitalSourceType is trainedAlgorithmicMedia.")
+    digital_source_type: str | None = Field(None, description="The IPTC digital source type, short code.")
+    issuer: str | None = Field(None, description="The signing certificate's organisation.")
+    signer: str | None = Field(None, description="The signing certificate's common name.")
+    signed_at: str | None = Field(None, description="The signature's trusted time stamp, when it has one.")
+    validation: str = Field(description="c2pa's validation state: valid, trusted or invalid.")
+    validation_problems: list[str] = Field(default_factory=list, description="c2pa validation status codes "
+                                           "(signingCredential.untrusted: the signer is on no trust list).")
+    manifest: str | None = Field(None, description="The active manifest's label.")
+
+
 class ImageDetail(SearchItem):
     """The full record of one image."""
 
@@ -81,6 +100,8 @@ class ImageDetail(SearchItem):
     init_image_sha256: str | None
     generation: dict[str, Any] | None
     raw_metadata: dict[str, Any]
+    provenance: ContentCredentials | None = Field(None, description="Its C2PA content credentials; null when the "
+                                                                    "file carried none.")
     reproduce: Reproduce
     safety: ImageSafety | None = Field(description="Its NSFW scores and the classifiers that gave them (admins "
                                                    "only; null for everyone else).")

@@ -165,10 +165,10 @@ def prepare(item: Item, dataset: Dataset, settings: Settings, storage: Storage, 
     try:
         file = read_image_data(item.data, Path(item.where), max_pixels=settings.indexer.max_image_pixels,
                                mtime=time.time())
-        source, raw, generation = dataset.kind, dict(item.extra), None
+        source, raw, generation, provenance = dataset.kind, dict(item.extra), None, None
         if item.params is None:  # the dataset says nothing: the image's own metadata (A1111 text, ComfyUI...)
             result = read_metadata(item.where, image=file.header, stealth=False, data=file.data)
-            params = result.params
+            params, provenance = result.params, result.provenance
             if result.software != NO_METADATA and result.error is None:
                 source, generation = result.source, result.generation
                 raw |= result.raw
@@ -181,7 +181,7 @@ def prepare(item: Item, dataset: Dataset, settings: Settings, storage: Storage, 
             storage.put(key, file.data)
         image = NewImage(sha256=file.sha256, path=key, width=file.width, height=file.height, format=file.format,
                          file_size=file.file_size, file_mtime=file.file_mtime, params=params, source=source,
-                         raw_metadata=raw, generation=generation,
+                         raw_metadata=raw, generation=generation, provenance=provenance,
                          created_at=item.created_at or datetime.now(UTC))
         image.safety = scorer.for_prompt_only(params.prompt)
         return Prepared(item, image=image)

@@ -14,6 +14,7 @@ from indexer.metadata.containers import MetadataError, read_stealth_a1111, read_
 from indexer.metadata.invokeai import is_invokeai, parse_invokeai
 from indexer.metadata.json_formats import parse_json_parameters
 from indexer.metadata.novelai import is_novelai, parse_novelai
+from indexer.metadata.provenance import read_provenance
 from indexer.metadata.result import NO_METADATA, Parsed, ReadResult, json_object
 from promptdex.params import looks_like_a1111
 
@@ -95,10 +96,16 @@ def read_metadata(path: str | Path, *, image: Image.Image | None = None, stealth
     `image` (already decoded) saves decoding again for the A1111 "stealth" check, which only runs on PNG and
     WebP files without text metadata. An unreadable file (empty, truncated container) gives `error`; broken
     metadata gives `warnings`; a file without metadata gives software "none" and empty parameters. `data`: the
-    file's bytes already in memory (an archive member); `path` then only names it.
+    file's bytes already in memory (an archive member); `path` then only names it. C2PA content credentials, when
+    the file carries them, go into `provenance` whatever else it holds.
     """
     path = Path(path)
     result = ReadResult(file=str(path))
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            data = None  # read_text_chunks says why
     try:
         raw = read_text_chunks(path, data=data)
     except MetadataError as exc:
@@ -106,6 +113,9 @@ def read_metadata(path: str | Path, *, image: Image.Image | None = None, stealth
         return result
     result.raw = clean_raw(raw)
     result.image = _image_info(path, image)
+    if data is not None:
+        result.provenance, warnings = read_provenance(data)
+        result.warnings += warnings
     parsed = parse_raw(raw)
     if parsed is None and stealth and path.suffix.lower() in _LOSSLESS:
         try:
@@ -118,6 +128,8 @@ def read_metadata(path: str | Path, *, image: Image.Image | None = None, stealth
             parsed = parse_a1111_text(text, raw, what=STEALTH_KEY)
     if parsed is None:
         result.software = NO_METADATA
+        for warning in result.warnings:
+            logger.warning("%s: %s", path, warning)
         return result
     result.software = parsed.software
     result.params = parsed.params

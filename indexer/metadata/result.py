@@ -86,6 +86,7 @@ class ReadResult:
     generation: dict[str, Any] | None = None
     image: dict[str, Any] | None = None
     error: str | None = None
+    provenance: dict[str, Any] | None = None  # C2PA content credentials (indexer.metadata.provenance)
 
     @property
     def source(self) -> str:
@@ -113,7 +114,7 @@ class ReadResult:
             "upscale": upscale, "params": p.model_dump(mode="json"),
             "samplers": [s.to_json() for s in self.samplers], "metadata": self.metadata,
             "generation": self.generation, "image": self.image, "warnings": self.warnings, "error": self.error,
-            "raw": self.raw,
+            "provenance": self.provenance, "raw": self.raw,
         }
 
 
