@@ -26,6 +26,10 @@ def register(sub: Any) -> None:
     imp.add_argument("--prune", action="store_true",
                      help="forget recorded files under PATH that are gone; images no file holds any more are "
                           "marked missing (hidden from search, their files answer 410)")
+    imp.add_argument("--watch", action="store_true",
+                     help="after importing, keep watching the PATH folders: files are imported once written, moves "
+                          "and deletions followed (as --prune), and new images indexed in small batches, until "
+                          "SIGTERM or Ctrl-C")
     imp.set_defaults(func=run_import)
 
     index = sub.add_parser("index", help="embed new images and prompts; update FAISS bundles and keyword index")
@@ -84,6 +88,8 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
     from indexer.importer import import_paths
     from promptdex.db import open_database
 
+    if args.watch:
+        return run_watch(args, settings)
     db = open_database(settings)
     try:
         with db.connect(autocommit=True) as conn:
@@ -101,6 +107,45 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
         out(summary.line())
     did_something = summary.imported or summary.unchanged or summary.duplicates or summary.vanished
     return 1 if summary.errors and not did_something else 0
+
+
+def run_watch(args: argparse.Namespace, settings: Settings) -> int:
+    """`promptdex import --watch`: one line (or JSON object) per batch, until SIGTERM or SIGINT."""
+    import signal
+    import threading
+
+    from indexer.watch import FolderWatch, indexer_for
+    from promptdex.db import open_database
+
+    if args.workers is not None:
+        settings.indexer.import_workers = args.workers
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    db = open_database(settings)
+    try:
+        with db.connect(autocommit=True) as conn:
+            watch = FolderWatch(conn, settings, args.paths, index=indexer_for(settings), database=db.display,
+                                report=lambda kind, summary: _watch_report(kind, summary, as_json=args.json))
+            if not args.json:  # stdout holds only the JSON lines
+                out(f"watching {', '.join(watch.roots)} (Ctrl-C or SIGTERM to stop)")
+            watch.run(stop)
+    finally:
+        db.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def _watch_report(kind: str, summary: Any, *, as_json: bool) -> None:
+    if as_json:
+        out(json.dumps({"batch": kind, **summary.to_json()}, ensure_ascii=False))
+        return
+    for path, error in summary.errors:
+        out(f"error: {path}: {error}")
+    for path, warning in summary.warnings:
+        out(f"warning: {path}: {warning}")
+    if kind != "rescan" or summary.imported or summary.missing or summary.vanished:
+        out(f"{kind}: {summary.line()}")
 
 
 def run_index_command(args: argparse.Namespace, settings: Settings) -> int:

@@ -107,6 +107,14 @@ class IndexerSettings(BaseModel):
     checkpoint_every: int = Field(
         10_000, ge=1, description="`promptdex index` saves the bundles after this many new vectors.")
     import_workers: int = Field(0, ge=0, description="Threads that decode images on import (0: one per CPU core).")
+    watch_settle_seconds: float = Field(
+        10.0, gt=0, description="`import --watch`: a file with no close-write event is imported once its size and "
+        "mtime have not changed for this long (writers whose close the watcher cannot see, network drives).")
+    watch_rescan_seconds: float = Field(
+        300.0, gt=0, description="`import --watch`: the watched folders are scanned again this often, for events "
+        "the file system did not deliver.")
+    watch_polling: bool = Field(
+        False, description="`import --watch`: poll the folders instead of using inotify (network drives).")
     max_image_pixels: int = Field(
         100_000_000, ge=1, description="Larger images are rejected on import (decompression bombs).")
     keyword_backend: str = Field("postgres", description="postgres or meilisearch.")
@@ -237,6 +245,9 @@ class Settings(BaseSettings):
     indexes_dir: Path | None = Field(None, description="FAISS bundles (default DATA_DIR/indexes).")
     models_dir: Path | None = Field(None, description="Locally built models (default DATA_DIR/models).")
     postgres_dir: Path | None = Field(None, description="Embedded PostgreSQL (default DATA_DIR/postgres).")
+    watch: str | None = Field(
+        None, description="Folders `serve` and `demo` watch (separated by ':'): new images are imported and indexed "
+        "as they are written, as with `promptdex import --watch`.")
     storage_url: str | None = Field(
         None, description="Shared storage for generated images, thumbnails and published bundles: a folder, "
         "file:///path or s3://bucket/prefix (unset: the local images, thumbs and indexes folders).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -38,27 +39,29 @@ def _end_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
-class Workers:
-    """`promptdex worker` child processes that live as long as the server: one that dies is started again (looked
-    at every RESTART_SECONDS); on exit each gets SIGTERM and finishes its jobs in hand, or after 30 s is killed
-    (its jobs go back to the queue when their lease runs out)."""
+class Children:
+    """Child processes that live as long as the server (`promptdex worker`s, the folder watch): one that dies is
+    started again (looked at every RESTART_SECONDS); on exit each gets SIGTERM and finishes what it has in hand
+    (a worker its jobs, the watch its batch), or after 30 s is killed (a worker's jobs go back to the queue when
+    their lease runs out; the watch's next scan finds what it had not imported)."""
 
     RESTART_SECONDS = 5.0
 
-    def __init__(self, count: int) -> None:
-        self.count = count
+    def __init__(self, commands: list[tuple[str, list[str]]]) -> None:
+        self.commands = commands  # (what it is, for the log; its promptdex arguments)
         self.procs: list[subprocess.Popen[bytes]] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
+        self._thread = threading.Thread(target=self._watch, name="child-supervisor", daemon=True)
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "promptdex", "worker"], stdin=subprocess.DEVNULL,
+    def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "promptdex", *argv], stdin=subprocess.DEVNULL,
                                 preexec_fn=_end_with_parent if sys.platform == "linux" else None)
 
-    def __enter__(self) -> Workers:
-        self.procs = [self._spawn() for _ in range(self.count)]
-        if self.count:
-            out(f"started {self.count} generation worker(s): pid {', '.join(str(p.pid) for p in self.procs)}")
+    def __enter__(self) -> Children:
+        self.procs = [self._spawn(argv) for _, argv in self.commands]
+        for (what, _), proc in zip(self.commands, self.procs, strict=True):
+            out(f"started the {what}: pid {proc.pid}")
+        if self.procs:
             self._thread.start()
         return self
 
@@ -66,8 +69,9 @@ class Workers:
         while not self._stop.wait(self.RESTART_SECONDS):
             for i, proc in enumerate(self.procs):
                 if proc.poll() is not None and not self._stop.is_set():
-                    self.procs[i] = self._spawn()
-                    logger.warning("generation worker pid %d exited with %s; started another: pid %d", proc.pid,
+                    what, argv = self.commands[i]
+                    self.procs[i] = self._spawn(argv)
+                    logger.warning("%s pid %d exited with %s; started another: pid %d", what, proc.pid,
                                    proc.returncode, self.procs[i].pid)
 
     def __exit__(self, *exc: object) -> None:
@@ -81,6 +85,20 @@ class Workers:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+def children(settings: Settings, workers: int) -> list[tuple[str, list[str]]]:
+    """What serve runs beside itself: N generation workers, and the folder watch when PROMPTDEX_WATCH is set."""
+    from indexer.watch import watch_roots
+
+    commands = [("generation worker", ["worker"]) for _ in range(workers)]
+    roots = watch_roots(settings.watch)
+    bad = [r for r in roots if not os.path.isdir(os.path.expanduser(r))]
+    if bad:
+        raise ConfigError(f"PROMPTDEX_WATCH: {', '.join(bad)}: not a folder; give folders separated by ':'")
+    if roots:
+        commands.append((f"folder watch of {', '.join(roots)}", ["import", "--watch", "--no-progress", *roots]))
+    return commands
 
 
 def is_loopback(host: str) -> bool:
@@ -129,6 +147,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     port = args.port or settings.api.port
     if args.workers < 0:
         raise InvalidInput(f"--workers: {args.workers} is not accepted; accepted: 0 or more")
+    beside = children(settings, args.workers)
     link = prepare(settings, host, port)
     app = create_app(settings)
     shown = f"[{host}]" if ":" in host else host
@@ -137,7 +156,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         minutes = settings.api.login_link_minutes
         out(f"sign in as the local admin with this one-time link (valid once, for {minutes:g} minutes):")
         out(f"    {link}")
-    with Workers(args.workers):
+    with Children(beside):
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, server_header=False,
                     proxy_headers=True, forwarded_allow_ips=settings.api.forwarded_allow_ips)
     return 0

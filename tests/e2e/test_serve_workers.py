@@ -48,8 +48,8 @@ def _finished(base: str, token: str, job_id: str, timeout: float = 180) -> dict[
 def _worker_pids(log: Path) -> list[int]:
     pids = []
     for line in log.read_text(errors="replace").splitlines():
-        if m := re.search(r"generation worker\(s\): pid ([\d, ]+)", line):
-            pids += [int(p) for p in m[1].split(",")]
+        if m := re.search(r"started the generation worker: pid (\d+)", line):
+            pids.append(int(m[1]))
     return pids
 
 
