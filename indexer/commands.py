@@ -66,9 +66,22 @@ def _text_report(item: dict[str, Any]) -> list[str]:
         lines.append(f"  hires: {item['hires']}")
     if item["upscale"]:
         lines.append(f"  upscale: {item['upscale']}")
+    if item.get("provenance"):
+        lines.append(f"  provenance: {_provenance_line(item['provenance'])}")
     lines += [f"  warning: {w}" for w in item["warnings"]]
     lines.append(f"  raw: {', '.join(item['raw']) or '(none)'}")
     return lines
+
+
+def _provenance_line(credentials: dict[str, Any]) -> str:
+    """C2PA content credentials in a line: who made it, whether it says AI-generated, who signed, the validation."""
+    made = credentials["label"] or credentials["claim_generator"] or "unknown claim generator"
+    if credentials["claim_generator"] and credentials["claim_generator"] not in made:
+        made += f" ({credentials['claim_generator']})"
+    parts = [made, "AI-generated" if credentials["ai_generated"] else None,
+             f"signed by {credentials['issuer']}" if credentials["issuer"] else None,
+             f"signature {credentials['validation']}"]
+    return ", ".join(p for p in parts if p)
 
 
 def run_inspect(args: argparse.Namespace, settings: Settings) -> int:

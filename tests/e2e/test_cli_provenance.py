@@ -1,4 +1,4 @@
-"""`promptdex inspect --json` on files signed with C2PA content credentials: the `provenance` field."""
+"""`promptdex inspect` on files signed with C2PA content credentials: the `provenance` field and line."""
 
 from __future__ import annotations
 
@@ -28,3 +28,14 @@ def test_inspect_json_shows_provenance(tmp_path: Path) -> None:
         assert credentials["ai_generated"] is True and credentials["issuer"] == generator.issuer, name
         assert credentials["validation"] == "valid" and by_file[name]["warnings"] == [], name
     assert "provenance" in by_file["plain.png"] and by_file["plain.png"]["provenance"] is None
+
+
+def test_inspect_text_names_the_claim_generator(tmp_path: Path) -> None:
+    chatgpt = signed_file(tmp_path / "chatgpt.png", CHATGPT)
+    plain = tmp_path / "plain.png"
+    plain.write_bytes(plain_image("PNG"))
+    result = run_cli("inspect", str(chatgpt), str(plain), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [line] = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("provenance:")]
+    assert line.startswith(f"provenance: {CHATGPT.label}"), line
+    assert f"AI-generated, signed by {CHATGPT.issuer}, signature valid" in line, line
