@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from indexer.metadata.comfy_nodes import ASPECT_NODES, SIZE_KEYS, aspect_preset, join_of, swapped, text_keys
 from indexer.metadata.result import PromptPart, SamplerInfo, build_params, snake, to_float, to_int, to_str
 from promptdex.params import GenerationParams, HiresParams
 
@@ -20,6 +21,7 @@ _CHECKPOINT_KEYS = ("ckpt_name", "unet_name", "model_path", "model_name")
 _LATENT_LINKS = ("latent_image", "samples", "pixels", "image", "images", "latent", "samples_to")
 _PARAM_KEYS = {"cfg": "cfg_scale", "noise_seed": "seed"}
 _MAX_DEPTH = 64
+_ZEROED = ("ConditioningZeroOut",)  # an empty conditioning, whatever it was made from (SD3/Flux negatives)
 
 
 def nodes_of(value: dict[str, Any]) -> Graph:
@@ -36,6 +38,7 @@ class _Trace:
 
     size: tuple[int, int] | None = None
     scale_by: float | None = None
+    scale_step: int = 1  # the size's granularity for scale_by: 8 when a latent was scaled
     upstream: str | None = None
     upscaler: str | None = None
     loaded_image: bool = False
@@ -122,21 +125,39 @@ class _Walker:
             return self.param_link(guider[0], names)
         return None
 
+    def string(self, value: Any, depth: int = 0) -> str | None:
+        """A text input's string, following links through string nodes (primitives, joins, prompt nodes)."""
+        found = self.link(value)
+        if found is None:
+            return value if isinstance(value, str) else None
+        if depth > _MAX_DEPTH:
+            return None
+        node_id, slot = found
+        inputs = self.inputs(node_id)
+        join = join_of(self.cls(node_id))
+        if join is not None:
+            parts = [self.string(inputs.get(k), depth + 1) for k in join.keys]
+            return join.apply(inputs, [p for p in parts if p is not None])
+        for key in text_keys(self.cls(node_id), slot):
+            if key in inputs:
+                return self.string(inputs[key], depth + 1)
+        return None
+
     def texts(self, node_id: str, side: str) -> list[str] | None:
         """The prompt texts a text-encoder node holds; None when the node is not one."""
         inputs = self.inputs(node_id)
-        keys = ("populated_text", "text", "prompt", "wildcard_text")
-        for key in keys:
+        for key in ("populated_text", "text", "prompt", "wildcard_text"):
             if key in inputs:
-                value = self.resolve(inputs[key], ("text", "string", "prompt"))
-                if isinstance(value, str):
+                value = self.string(inputs[key])
+                if value is not None:
                     return [value] if value else []
-        if isinstance(inputs.get(side), str):  # loaders that take the prompt text directly (Efficient Loader)
-            return [inputs[side]] if inputs[side] else []
+        if side in inputs and (isinstance(inputs[side], str) or any(k in inputs for k in _CHECKPOINT_KEYS)):
+            value = self.string(inputs[side])  # loaders that take the prompt text (Efficient Loader)
+            if value is not None:
+                return [value] if value else []
         if "text_g" in inputs or "text_l" in inputs:
-            values = [self.resolve(inputs.get(k), ("text", "string")) for k in ("text_g", "text_l")]
-            strings = [v for v in values if isinstance(v, str) and v]
-            return list(dict.fromkeys(strings))
+            values = [self.string(inputs.get(k)) for k in ("text_g", "text_l")]
+            return list(dict.fromkeys(v for v in values if v))
         return None
 
     def prompts(self, value: Any, side: str, attrs: dict[str, Any], out: list[PromptPart], depth: int = 0) -> None:
@@ -145,6 +166,8 @@ class _Walker:
             return
         node_id, slot = found
         self.visited.add(node_id)
+        if self.cls(node_id) in _ZEROED:
+            return
         texts = self.texts(node_id, side)
         if texts is not None:
             out.extend(PromptPart(t, node_id=node_id, attributes=dict(attrs)) for t in texts)
@@ -181,18 +204,39 @@ class _Walker:
         return None
 
     def clip_skip(self, text_node: str) -> int | None:
-        value: Any = self.inputs(text_node).get("clip", self.inputs(text_node).get("opt_clip"))
+        """The CLIP layer the text node's CLIP stops at: on the node itself (Efficient Loader) or up its clip link."""
+        node_id: str | None = text_node
         for _ in range(_MAX_DEPTH):
-            found = self.link(value)
-            if found is None:
+            if node_id is None:
                 return None
-            inputs = self.inputs(found[0])
+            inputs = self.inputs(node_id)
             for key in ("stop_at_clip_layer", "clip_skip"):
                 layer = to_int(self.resolve(inputs.get(key), (key,)))
                 if layer is not None:
                     return abs(layer)
-            value = inputs.get("clip")
+            found = self.link(inputs.get("clip", inputs.get("opt_clip")))
+            node_id = found[0] if found else None
         return None
+
+    def size(self, node_id: str) -> tuple[int, int] | None:
+        """The width and height a node sets: an empty latent's, a resize's, a loader's or an aspect-ratio preset's."""
+        inputs = self.inputs(node_id)
+        aspect = self.cls(node_id) in ASPECT_NODES
+        size = aspect_preset(inputs) if aspect else None
+        for keys in SIZE_KEYS if size is None else ():
+            width, height = (self.dimension(inputs.get(k), k) for k in keys)
+            if width and height:
+                size = (width, height)
+                break
+        return swapped(inputs, size) if aspect and size else size
+
+    def dimension(self, value: Any, name: str) -> int | None:
+        """A width or height input; a link to an aspect-ratio node's width (0) or height (1) output reads its size."""
+        found = self.link(value)
+        if found is not None and self.cls(found[0]) in ASPECT_NODES and found[1] in (0, 1):
+            size = self.size(found[0])
+            return size[found[1]] if size else None
+        return to_int(self.resolve(value, (name,)))
 
     def trace(self, value: Any) -> _Trace:
         out = _Trace()
@@ -205,12 +249,12 @@ class _Walker:
                 out.upstream = node_id
                 break
             inputs = self.inputs(node_id)
-            width = to_int(self.resolve(inputs.get("width"), ("width",)))
-            height = to_int(self.resolve(inputs.get("height"), ("height",)))
-            if out.size is None and width and height and out.scale_by is None:
-                out.size = (width, height)
+            size = self.size(node_id) if out.size is None else None
+            if size is not None:
+                out.size = _scaled(size, out.scale_by, out.scale_step)
             if out.size is None and out.scale_by is None and "scale_by" in inputs:
                 out.scale_by = to_float(self.resolve(inputs["scale_by"], ("scale_by",)))
+                out.scale_step = 8 if "Latent" in self.cls(node_id) else 1
             upscale_model = self.link(inputs.get("upscale_model"))
             if upscale_model is not None and out.upscaler is None:
                 out.upscaler = to_str(self.resolve(self.inputs(upscale_model[0]).get("model_name"), ("model_name",)))
@@ -219,6 +263,14 @@ class _Walker:
                 break
             value = next((inputs[k] for k in _LATENT_LINKS if self.link(inputs.get(k)) is not None), None)
         return out
+
+
+def _scaled(size: tuple[int, int], scale: float | None, step: int) -> tuple[int, int]:
+    """A size after a scale_by node downstream of it; LatentUpscaleBy rounds to whole latent cells (`step` 8)."""
+    if scale is None:
+        return size
+    width, height = (round(v / step * scale) * step for v in size)
+    return width, height
 
 
 def _sampler_info(w: _Walker, node_id: str) -> SamplerInfo:
@@ -254,12 +306,12 @@ def _chain(w: _Walker, samplers: list[str]) -> list[str]:
         return chain
 
     best: list[str] = []
-    for node_id in sorted(w.graph, key=_natural):
-        inputs = w.inputs(node_id)
-        if "images" in inputs and not w.is_sampler(node_id):
-            final = w.trace(inputs["images"]).upstream
-            if final is not None and len(chain := back(final)) > len(best):
-                best = chain
+    best_saved = False
+    for node_id in _image_outputs(w):
+        final = w.trace(w.inputs(node_id)["images"]).upstream
+        saved = _saves(w, node_id)
+        if final is not None and (saved, len(chain := back(final))) > (best_saved, len(best)):
+            best, best_saved = chain, saved
     if best:
         return best
     feeding = {w.trace(w.inputs(s).get("latent_image", w.inputs(s).get("latent"))).upstream for s in samplers}
@@ -267,12 +319,22 @@ def _chain(w: _Walker, samplers: list[str]) -> list[str]:
     return back(sinks[0]) if sinks else [samplers[0]]
 
 
-def _output_trace(w: _Walker) -> _Trace | None:
-    for node_id in sorted(w.graph, key=_natural):
-        inputs = w.inputs(node_id)
-        if "images" in inputs and not w.is_sampler(node_id) and w.link(inputs["images"]):
-            return w.trace(inputs["images"])
-    return None
+def _saves(w: _Walker, node_id: str) -> bool:
+    """Whether an image output keeps its files: PreviewImage writes to ComfyUI's temp folder, which is emptied."""
+    return "Preview" not in w.cls(node_id)
+
+
+def _image_outputs(w: _Walker) -> list[str]:
+    """The nodes that take finished images (save, preview, video combine), saving ones first."""
+    outputs = [n for n in sorted(w.graph, key=_natural)
+               if w.link(w.inputs(n).get("images")) is not None and not w.is_sampler(n)]
+    return sorted(outputs, key=lambda n: not _saves(w, n))
+
+
+def _output_trace(w: _Walker, final: str | None) -> _Trace | None:
+    """What lies between the image output fed by sampler `final` (else the first output) and its sampler."""
+    traces = [w.trace(w.inputs(n)["images"]) for n in _image_outputs(w)]
+    return next((t for t in traces if t.upstream == final), traces[0] if traces else None)
 
 
 def summarize_graph(graph: Graph) -> GraphSummary:
@@ -280,12 +342,13 @@ def summarize_graph(graph: Graph) -> GraphSummary:
     w = _Walker(graph)
     warnings: list[str] = []
     sampler_ids = sorted((n for n in graph if w.is_sampler(n)), key=_natural)
-    output = _output_trace(w)
     if not sampler_ids:
+        output = _output_trace(w, None)
         metadata = _unused(w)
         return GraphSummary(GenerationParams(), [], metadata, output.upscaler if output else None,
                             output.size if output else None, warnings)
     chain = _chain(w, sampler_ids)
+    output = _output_trace(w, chain[-1])
     ordered = chain + [s for s in sampler_ids if s not in chain]
     infos = {s: _sampler_info(w, s) for s in ordered}
     base, info = chain[0], infos[chain[0]]

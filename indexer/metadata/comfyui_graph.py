@@ -1,4 +1,9 @@
-"""ComfyUI graphs as files carry them: PNG `prompt`/`workflow` chunks, EXIF tags of save nodes, UI workflows."""
+"""ComfyUI graphs as files carry them: PNG `prompt`/`workflow` chunks, EXIF tags of save nodes, UI workflows.
+
+A UI workflow becomes an API-format graph here, with its subgraph instances (`definitions.subgraphs`, the node's
+`type` the subgraph's id) and legacy group nodes (`extra.groupNodes`, type `workflow>NAME` or `workflow/NAME`)
+expanded the way ComfyUI's front end does before queueing: inner nodes get ids "<instance id>:<inner id>".
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from indexer.metadata.comfyui import Graph, nodes_of
-from indexer.metadata.result import json_object
+from indexer.metadata.result import as_list, json_object
 
 logger = logging.getLogger(__name__)
 
@@ -44,32 +49,178 @@ _WIDGETS: dict[str, tuple[str | None, ...]] = {
 }
 _LABELLED = re.compile(r"^\s*(prompt|workflow)\s*:\s*", re.IGNORECASE)
 _MUTED_MODES = (2, 4)  # never / bypass
+_SUBGRAPH_INPUT, _SUBGRAPH_OUTPUT = "-10", "-20"  # litegraph's boundary nodes inside a subgraph definition
+_GROUP_PREFIXES = ("workflow>", "workflow/")
+_MAX_NESTING = 16
+
+Origin = tuple[str, int]  # (node id, output slot) inside one graph level
 
 
 def graph_from_workflow(workflow: dict[str, Any]) -> Graph:
     """An API-format graph from a UI workflow: links become inputs, known widgets become named values."""
-    links: dict[Any, list[Any]] = {}
-    for link in workflow.get("links") or []:
-        if isinstance(link, list) and len(link) >= 5:
-            links[link[0]] = [str(link[1]), link[2]]
-        elif isinstance(link, dict) and "id" in link:
-            links[link["id"]] = [str(link.get("origin_id")), link.get("origin_slot", 0)]
     graph: Graph = {}
-    for node in workflow.get("nodes") or []:
-        if not isinstance(node, dict) or node.get("mode") in _MUTED_MODES or "type" not in node:
-            continue
-        inputs: dict[str, Any] = {}
-        widgets = node.get("widgets_values")
-        if isinstance(widgets, dict):
-            inputs.update(widgets)
-        elif isinstance(widgets, list):
-            names = _WIDGETS.get(str(node["type"]), ())
-            inputs.update({name: value for name, value in zip(names, widgets, strict=False) if name is not None})
-        for item in node.get("inputs") or []:
-            if isinstance(item, dict) and item.get("link") in links:
-                inputs[str(item.get("name"))] = links[item["link"]]
-        graph[str(node.get("id"))] = {"class_type": str(node["type"]), "inputs": inputs}
+    top = _Definition(_nodes(workflow.get("nodes")), {k: o for k, o, _ in _links(workflow.get("links"))}, {})
+    _Level(_Definitions(workflow), top, "", {}, graph).emit()
     return graph
+
+
+def _nodes(value: Any) -> list[dict[str, Any]]:
+    return [n for n in as_list(value) if isinstance(n, dict) and "type" in n and n.get("mode") not in _MUTED_MODES]
+
+
+def _links(value: Any) -> list[tuple[Any, Origin, Origin]]:
+    """(link id, origin, target) of each link, in either form: `[id, origin, slot, target, slot, type]` (a
+    workflow's top level, group nodes) or `{"id", "origin_id", "origin_slot", "target_id", "target_slot"}`."""
+    out: list[tuple[Any, Origin, Origin]] = []
+    for link in as_list(value):
+        if isinstance(link, list) and len(link) >= 5:
+            out.append((link[0], (str(link[1]), link[2]), (str(link[3]), link[4])))
+        elif isinstance(link, dict) and "id" in link:
+            out.append((link["id"], (str(link.get("origin_id")), link.get("origin_slot", 0)),
+                        (str(link.get("target_id")), link.get("target_slot", 0))))
+    return out
+
+
+def _widget_inputs(node: dict[str, Any]) -> dict[str, Any]:
+    """A UI node's widget values by input name (widgets of node types we know the order of)."""
+    widgets = node.get("widgets_values")
+    if isinstance(widgets, dict):
+        return dict(widgets)
+    if isinstance(widgets, list):
+        names = _WIDGETS.get(str(node["type"]), ())
+        return {name: value for name, value in zip(names, widgets, strict=False) if name is not None}
+    return {}
+
+
+@dataclass
+class _Definition:
+    """The inside of a graph level: its nodes, its links by id, and what feeds each of its outputs."""
+
+    nodes: list[dict[str, Any]]
+    links: dict[Any, Origin]
+    outputs: dict[int, Origin]
+
+
+def _subgraph(data: dict[str, Any]) -> _Definition:
+    links = _links(data.get("links"))
+    outputs = {target[1]: origin for _, origin, target in links if target[0] == _SUBGRAPH_OUTPUT}
+    return _Definition(_nodes(data.get("nodes")), {k: o for k, o, _ in links}, outputs)
+
+
+def _group(data: dict[str, Any], instance_widgets: Any) -> _Definition:
+    """A legacy group node's inside. Its links are `[origin index, slot, target index, slot, ...]` (origin null:
+    from outside); its inputs are the inner inputs not linked inside, its outputs the inner outputs not used
+    inside or listed in `external`, both in inner-node order."""
+    nodes = [n for n in as_list(data.get("nodes")) if isinstance(n, dict) and "type" in n]
+    indexes = [str(n.get("index", position)) for position, n in enumerate(nodes)]
+    inside = {(str(link[2]), link[3]): (str(link[0]), link[1]) for link in as_list(data.get("links"))
+              if isinstance(link, list) and len(link) >= 4 and link[0] is not None}
+    links: dict[Any, Origin] = {}
+    for index, node in zip(indexes, nodes, strict=True):
+        for slot, item in enumerate(_items(node.get("inputs"))):
+            if (index, slot) in inside:
+                links[(index, slot)] = inside[(index, slot)]
+            elif "widget" not in item:
+                links[(index, slot)] = (_SUBGRAPH_INPUT, sum(o[0] == _SUBGRAPH_INPUT for o in links.values()))
+    external = {(str(e[0]), e[1]) for e in as_list(data.get("external")) if isinstance(e, list) and len(e) >= 2}
+    used = set(inside.values()) - external
+    produced = [(index, slot) for index, node in zip(indexes, nodes, strict=True)
+                for slot in range(len(as_list(node.get("outputs"))))]
+    outputs = dict(enumerate(o for o in produced if o not in used))
+    inner = [{**node, "id": index, "widgets_values": widgets,
+              "inputs": [{**item, "link": (index, slot)} for slot, item in enumerate(_items(node.get("inputs")))]}
+             for index, node, widgets in zip(indexes, nodes, _group_widgets(nodes, instance_widgets), strict=True)]
+    return _Definition([n for n in inner if n.get("mode") not in _MUTED_MODES], links, outputs)
+
+
+def _items(value: Any) -> list[dict[str, Any]]:
+    """A node's input (or output) slots."""
+    return [i for i in as_list(value) if isinstance(i, dict)]
+
+
+def _group_widgets(nodes: list[dict[str, Any]], instance_widgets: Any) -> list[Any]:
+    """Each inner node's widget values: the instance's own (its inner widgets in order) when they add up, else the
+    values stored with the group's definition."""
+    stored: list[list[Any]] = [as_list(n.get("widgets_values")) for n in nodes]
+    if not isinstance(instance_widgets, list) or len(instance_widgets) != sum(len(w) for w in stored):
+        return [n.get("widgets_values") for n in nodes]
+    out: list[Any] = []
+    start = 0
+    for own in stored:
+        out.append(instance_widgets[start:start + len(own)])
+        start += len(own)
+    return out
+
+
+class _Definitions:
+    """The subgraph and group-node definitions a workflow carries, by the node type that instances them."""
+
+    def __init__(self, workflow: dict[str, Any]) -> None:
+        definitions = workflow.get("definitions")
+        subgraphs = definitions.get("subgraphs") if isinstance(definitions, dict) else None
+        self.subgraphs = {str(d["id"]): _subgraph(d) for d in subgraphs or [] if isinstance(d, dict) and "id" in d}
+        extra = workflow.get("extra")
+        groups = extra.get("groupNodes") if isinstance(extra, dict) else None
+        self.groups = {str(k): v for k, v in groups.items() if isinstance(v, dict)} if isinstance(groups, dict) else {}
+
+    def of(self, node: dict[str, Any]) -> _Definition | None:
+        type_ = str(node["type"])
+        if type_ in self.subgraphs:
+            return self.subgraphs[type_]
+        name = next((type_[len(p):] for p in _GROUP_PREFIXES if type_.startswith(p)), None)
+        if name is not None and name in self.groups:
+            return _group(self.groups[name], node.get("widgets_values"))
+        return None
+
+
+class _Level:
+    """One graph level being flattened into `graph`: the workflow itself, or one instance of a definition."""
+
+    def __init__(self, definitions: _Definitions, inside: _Definition, prefix: str, bindings: dict[int, Any],
+                 graph: Graph, path: tuple[str, ...] = ()) -> None:
+        self.definitions, self.inside, self.prefix, self.bindings = definitions, inside, prefix, bindings
+        self.graph, self.path = graph, path  # path: the definitions this level is inside, outermost first
+        self.nodes = {str(n.get("id")): n for n in inside.nodes}
+        self.instances = {k: d for k, n in self.nodes.items() if (d := definitions.of(n)) is not None}
+        self.expanded: dict[str, dict[int, Any]] = {}
+
+    def source(self, origin: Origin) -> Any:
+        """The API-graph link (`[node id, slot]`) that produces what `origin` puts out at this level."""
+        node_id, slot = origin
+        if node_id == _SUBGRAPH_INPUT:
+            return self.bindings.get(slot)
+        if node_id in self.instances:
+            return self.expand(node_id).get(slot)
+        return [self.prefix + node_id, slot] if node_id in self.nodes else None
+
+    def link_source(self, link_id: Any) -> Any:
+        origin = self.inside.links.get(link_id) if isinstance(link_id, int | str | tuple) else None
+        return self.source(origin) if origin is not None else None
+
+    def expand(self, node_id: str) -> dict[int, Any]:
+        """Emit an instance's inner nodes (once) and return what feeds each of its outputs."""
+        type_ = str(self.nodes[node_id]["type"])
+        if node_id in self.expanded or type_ in self.path or len(self.path) >= _MAX_NESTING:
+            return self.expanded.get(node_id, {})  # a definition inside itself is not expanded again
+        self.expanded[node_id] = {}  # set first: instances that feed each other stop here
+        items = _items(self.nodes[node_id].get("inputs"))
+        bindings = {slot: self.link_source(item.get("link")) for slot, item in enumerate(items)}
+        child = _Level(self.definitions, self.instances[node_id], f"{self.prefix}{node_id}:", bindings, self.graph,
+                       (*self.path, type_))
+        child.emit()
+        self.expanded[node_id] = {slot: child.source(origin) for slot, origin in child.inside.outputs.items()}
+        return self.expanded[node_id]
+
+    def emit(self) -> None:
+        for node_id, node in self.nodes.items():
+            if node_id in self.instances:
+                self.expand(node_id)
+                continue
+            inputs = _widget_inputs(node)
+            for item in _items(node.get("inputs")):
+                if (source := self.link_source(item.get("link"))) is not None:
+                    inputs[str(item.get("name"))] = source
+            self.graph[self.prefix + node_id] = {"class_type": str(node["type"]), "inputs": inputs}
 
 
 @dataclass

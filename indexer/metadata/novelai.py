@@ -30,6 +30,11 @@ def is_novelai(raw: dict[str, str]) -> bool:
     return raw.get("Software", "").startswith("NovelAI") or '\\"noise_schedule\\"' in raw.get("UserComment", "")
 
 
+def _legacy_model(comment: dict[str, Any], chunks: dict[str, str]) -> str | None:
+    """A model name some older NovelAI files carry: a top-level `model` key in the Comment, or its own chunk."""
+    return to_str(comment.get("model")) or to_str(chunks.get("model")) or to_str(chunks.get("Model"))
+
+
 def _caption(value: Any) -> dict[str, Any]:
     caption = value.get("caption") if isinstance(value, dict) else None
     return caption if isinstance(caption, dict) else {}
@@ -68,8 +73,9 @@ def parse_novelai(raw: dict[str, str]) -> Parsed | None:
     source = chunks.get("Source", "")
     match = _SOURCE.match(source.strip())
     model = {"name": match.group(1), "hash": match.group(2)} if match else ({"name": source} if source else None)
+    legacy_model = _legacy_model(comment, chunks)
     values: dict[str, Any] = {
-        "prompt": prompt, "negative_prompt": negative if isinstance(negative, str) else "",
+        "prompt": prompt, "model": legacy_model, "negative_prompt": negative if isinstance(negative, str) else "",
         "steps": to_int(comment.get("steps")), "cfg": to_float(comment.get("scale")),
         "seed": to_int(comment.get("seed")), "sampler": to_str(comment.get("sampler")),
         "scheduler": to_str(comment.get("noise_schedule")), "width": to_int(comment.get("width")),
@@ -79,7 +85,8 @@ def parse_novelai(raw: dict[str, str]) -> Parsed | None:
     parameters.update({"seed": values["seed"], "steps": values["steps"], "cfg_scale": values["cfg"]})
     if values["scheduler"]:
         parameters["scheduler"] = values["scheduler"]
-    metadata: dict[str, Any] = {k: v for k, v in comment.items() if k not in _USED and k not in parameters}
+    used = _USED | ({"model"} if legacy_model is not None and legacy_model == comment.get("model") else set())
+    metadata: dict[str, Any] = {k: v for k, v in comment.items() if k not in used and k not in parameters}
     metadata.update({k: v for k, v in chunks.items() if k in ("Title", "Generation time", "Software")})
     characters = _characters(v4)
     if characters:

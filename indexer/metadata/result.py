@@ -152,6 +152,11 @@ def as_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def as_list(value: Any) -> list[Any]:
+    """`value` when it is a JSON array, else an empty one."""
+    return value if isinstance(value, list) else []
+
+
 def to_str(value: Any) -> str | None:
     """A non-empty string, or None."""
     if isinstance(value, str) and value.strip():
