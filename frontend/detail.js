@@ -323,6 +323,11 @@ export class DetailView {
       if (item.hires) rows.push(["Hires fix", Object.entries(item.hires).map(([k, v]) => `${k}: ${v}`).join(", "), "wide"]);
       if (item.format) rows.push(["Format", String(item.format).toUpperCase()]);
       if (item.sha256) rows.push(["SHA-256", shortHash(item.sha256), "mono", item.sha256]);
+      const paths = item.paths || [];
+      if (paths.length) {
+        rows.push([paths.length > 1 ? `Files (${paths.length})` : "File",
+          h("ul", { class: "paths" }, ...paths.map((path) => h("li", {}, path))), "wide files mono"]);
+      }
       const c2pa = item.provenance;
       if (c2pa) {
         const by = [c2pa.claim_generator, c2pa.claim_generator_version].filter(Boolean).join(" ");
@@ -341,6 +346,12 @@ export class DetailView {
       $(selector).textContent = reproduce ? reproduce[key] : "Loading…";
     }
     for (const selector of ["#copy-a1111", "#copy-diffusers", "#copy-command"]) $(selector).disabled = !reproduce;
+    const workflow = $("#download-workflow");
+    workflow.hidden = partial || !item.has_workflow;
+    workflow.href = workflow.hidden ? "#" : `/api/images/${encodeURIComponent(item.id)}/workflow`;
+    workflow.download = `promptdex-${item.id}-workflow.json`;
+    const model = item.generation && item.generation.model;
+    $("#detail-tiny-note").hidden = partial || !(model && model.source === "tiny");
     this.updateJobButtons();
   }
 

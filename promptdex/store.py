@@ -361,6 +361,16 @@ def forget_file(conn: Conn, *, path: str) -> None:
     conn.execute("DELETE FROM imported_files WHERE path = %s", (path,))
 
 
+def image_paths(conn: Conn, *, image_id: int) -> list[str]:
+    """Every file that holds this image's content now: its own path first, then the other recorded copies (import
+    records that are not errors), each once."""
+    rows = conn.execute(
+        "SELECT path, 0 AS rank, now() AS seen FROM images WHERE id = %s AND NOT missing "
+        "UNION ALL SELECT path, 1, seen_at FROM imported_files WHERE image_id = %s AND status <> %s "
+        "ORDER BY rank, seen, path", (image_id, image_id, str(FileStatus.ERROR))).fetchall()
+    return list(dict.fromkeys(row["path"] for row in rows))
+
+
 def images_at(conn: Conn, *, path: str) -> list[int]:
     """Ids of the images (not marked missing) whose file is `path`."""
     rows = conn.execute("SELECT id FROM images WHERE path = %s AND NOT missing ORDER BY id", (path,)).fetchall()

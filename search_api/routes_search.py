@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 
 from promptdex import store
-from promptdex.errors import PayloadTooLarge, UnsupportedMedia
+from promptdex.errors import NotFound, PayloadTooLarge, UnsupportedMedia
 from promptdex.records import Image, ImageFilter
 from promptdex.safety import flagged, level_bounds, restrict
 from promptdex.settings import SafeLevel, SafetySettings
@@ -88,9 +90,42 @@ def image_detail(service: Service, state: State, caller: CurrentUser,
         sampler_class=image.sampler_class, scheduler_config=image.scheduler_config,
         init_image_sha256=image.init_image_sha256, generation=image.generation, raw_metadata=image.raw_metadata,
         provenance=ContentCredentials.model_validate(image.provenance) if image.provenance else None,
-        reproduce=reproduce_block(image),
+        reproduce=reproduce_block(image), has_workflow=comfy_workflow(image) is not None,
+        paths=service.paths(image_id) if caller.is_admin else [],
         safety=_safety_view(image) if caller.is_admin else None,
     )
+
+
+def comfy_workflow(image: Image) -> dict[str, Any] | None:
+    """The ComfyUI workflow a file carried: the front end's graph (`workflow`), else the API-format `prompt` of a
+    ComfyUI file (ComfyUI loads both when the file is dropped on it); None when neither parses to an object."""
+    raw = image.raw_metadata or {}
+    keys = ["workflow", "prompt"] if image.source == "comfyui" else ["workflow"]
+    for key in keys:
+        value = raw.get(key)
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                continue
+        if isinstance(value, dict) and value:
+            return value
+    return None
+
+
+@router.get("/api/images/{image_id}/workflow", tags=["images"], response_class=JSONResponse, responses={
+    200: {"description": "The ComfyUI workflow JSON, as a file to save (Content-Disposition: attachment).",
+          "content": {"application/json": {"schema": {"type": "object"}}}}, **responses(404)})
+def image_workflow(service: Service, state: State, caller: CurrentUser,
+                   image_id: Annotated[int, Path(ge=1, le=MAX_ID)]) -> JSONResponse:
+    """The ComfyUI workflow of an image, to download and drop on ComfyUI; 404 when it has none (A1111-family images
+    carry their settings as text: see the detail's `reproduce.a1111`)."""
+    image = visible_image(service, state, caller, image_id)
+    workflow = comfy_workflow(image)
+    if workflow is None:
+        raise NotFound(f"image {image_id} carries no ComfyUI workflow")
+    return JSONResponse(workflow, headers={
+        "Content-Disposition": f'attachment; filename="promptdex-{image_id}-workflow.json"'})
 
 
 def _safety_view(image: Image) -> ImageSafety:

@@ -103,6 +103,10 @@ class ImageDetail(SearchItem):
     provenance: ContentCredentials | None = Field(None, description="Its C2PA content credentials; null when the "
                                                                     "file carried none.")
     reproduce: Reproduce
+    has_workflow: bool = Field(False, description="It carries a ComfyUI workflow: GET /api/images/{id}/workflow "
+                                                  "downloads it (drop the file on ComfyUI to load it).")
+    paths: list[str] = Field(default_factory=list, description="The files on the server that hold this content, "
+                             "its own first (imported images; admins only, empty for everyone else).")
     safety: ImageSafety | None = Field(description="Its NSFW scores and the classifiers that gave them (admins "
                                                    "only; null for everyone else).")
 

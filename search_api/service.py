@@ -268,6 +268,12 @@ class SearchService:
             raise NotFound(f"no image with id {image_id}")
         return image
 
+    def paths(self, image_id: int) -> list[str]:
+        """The files (absolute paths) that hold an imported image's content; none for generated images, whose file
+        lives in the images store under its hash."""
+        with self.pool.connection() as conn:
+            return [p for p in store.image_paths(conn, image_id=image_id) if p.startswith("/")]
+
     def similar(self, image_id: int, k: int, filters: ImageFilter | None = None) -> list[Hit]:
         """Nearest images by CLIP vector, without the image itself and its exact duplicates."""
         self.image(image_id)

@@ -125,8 +125,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         settings.data_path.mkdir(parents=True, exist_ok=True)
         (settings.data_path / TINY_MARKER).write_text("the demo corpus was made with the tiny offline models\n")
         logger.warning("DEMO USES TINY UNTRAINED MODELS: no Stable Diffusion or CLIP weights can be loaded here, so "
-                       "the demo images come from a tiny random model built offline. They are noise, not art; "
-                       "search, filters and reproduce work the same.")
+                       "the images it generates come from a tiny random model built offline. They are noise, not art "
+                       "(imported images are shown as they are); search, filters and reproduce work the same.")
     have = _generated_count(settings)
     if have < len(prompts):
         todo = prompts[have:]
@@ -152,7 +152,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     host = args.host or settings.api.host
     port = str(args.port or settings.api.port)
-    out(f"open http://{host}:{port}" + ("  (tiny untrained models: the images are noise)" if tiny else ""))
+    note = "  (tiny untrained models: the images they generate are noise)" if tiny else ""
+    out(f"open http://{host}:{port}{note}")
     sys.stdout.flush()
     sys.stderr.flush()
     # Become the server: same pid, so the embedded database registration carries over.

@@ -597,3 +597,53 @@ def test_screenshots_at_phone_and_desktop_widths(web: Web, phone: Web) -> None:
     widths = web.page.evaluate("document.documentElement.scrollWidth"), phone.page.evaluate(
         "document.documentElement.scrollWidth")
     assert widths == (DESKTOP["width"], PHONE["width"]), "no horizontal overflow"
+
+
+def _open_detail(web: Web, image_id: int) -> None:
+    web.goto(f"/image/{image_id}")
+    web.page.wait_for_selector(f"#detail[open][data-loaded=full][data-image-id='{image_id}']")
+
+
+def test_the_detail_offers_a_comfyui_workflow_to_download(web: Web) -> None:
+    [comfy] = [i for i in web.served.get("/api/search", source="comfyui", limit=50)["data"]
+               if web.served.get(f"/api/images/{i['id']}")["has_workflow"]][:1]
+    _open_detail(web, comfy["id"])
+    link = web.page.locator("#download-workflow")
+    assert link.is_visible() and link.inner_text() == "ComfyUI workflow"
+    assert link.get_attribute("href") == f"/api/images/{comfy['id']}/workflow"
+    assert link.get_attribute("download") == f"promptdex-{comfy['id']}-workflow.json"
+    with web.page.expect_download() as download:
+        link.click()
+    saved = json.loads(Path(download.value.path()).read_text())
+    assert saved == json.loads(web.served.get(f"/api/images/{comfy['id']}")["raw_metadata"]["workflow"])
+    a1111 = web.served.get("/api/search", source="a1111", limit=1)["data"][0]
+    _open_detail(web, a1111["id"])
+    assert not web.page.locator("#download-workflow").is_visible()
+    assert web.page.locator("#copy-a1111").is_enabled()  # A1111-family images: the settings text, as before
+
+
+def test_only_images_the_tiny_model_made_are_called_noise(web: Web, served: Served) -> None:
+    web.goto("/")
+    web.wait_cards()
+    banner = web.page.inner_text("#tiny-banner")
+    assert "Images generated here" in banner and "imported images show as they are" in banner, banner
+    generated = served.get("/api/search", source="generated", limit=1)["data"][0]
+    _open_detail(web, generated["id"])
+    assert web.page.locator("#detail-tiny-note").is_visible()
+    imported = served.get("/api/search", source="comfyui", limit=1)["data"][0]
+    _open_detail(web, imported["id"])
+    assert not web.page.locator("#detail-tiny-note").is_visible()
+
+
+def test_admins_see_the_files_that_hold_an_image(web: Web, served: Served) -> None:
+    imported = served.get("/api/search", source="comfyui", limit=1)["data"][0]
+    _open_detail(web, imported["id"])
+    assert web.page.locator("#detail-params .param.files").count() == 0  # anonymous: no server paths
+    admin = add_account(served.data_dir.parent, served.env, "web-admin", "admin")
+    sign_in(web, admin)
+    paths = served.get(f"/api/images/{imported['id']}", token=admin.token)["paths"]
+    assert paths and all(Path(p).is_file() for p in paths)
+    _open_detail(web, imported["id"])
+    row = web.page.locator("#detail-params .param.files")
+    assert row.locator("dt").inner_text() in ("File", f"Files ({len(paths)})")
+    assert row.locator("li").all_inner_texts() == paths

@@ -231,6 +231,10 @@ def test_detail_and_files_hide_what_a_role_may_never_see(client: TestClient, sit
     for path in (f"/api/images/{explicit}", f"/images/{explicit}", f"/thumbs/{explicit}"):
         assert client.get(path).status_code == 404, path
         assert client.get(path, headers=auth(site, "viewer")).status_code == 200, path
+    hidden = client.get(f"/api/images/{explicit}/workflow")  # as if the image were not there
+    assert hidden.status_code == 404 and hidden.json()["detail"] == f"no image with id {explicit}"
+    shown = client.get(f"/api/images/{explicit}/workflow", headers=auth(site, "viewer"))
+    assert shown.status_code == 404 and "no ComfyUI workflow" in shown.json()["detail"]
     detail = client.get(f"/api/images/{suggestive}").json()  # moderate is allowed: shown, flagged, no scores
     assert detail["nsfw"] is True and detail["safety"] is None
     assert client.get(f"/api/images/{clean}").json()["nsfw"] is False
