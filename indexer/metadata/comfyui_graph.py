@@ -203,13 +203,23 @@ class _Level:
         if node_id in self.expanded or type_ in self.path or len(self.path) >= _MAX_NESTING:
             return self.expanded.get(node_id, {})  # a definition inside itself is not expanded again
         self.expanded[node_id] = {}  # set first: instances that feed each other stop here
-        items = _items(self.nodes[node_id].get("inputs"))
-        bindings = {slot: self.link_source(item.get("link")) for slot, item in enumerate(items)}
+        bindings = self.bindings_of(self.nodes[node_id])
         child = _Level(self.definitions, self.instances[node_id], f"{self.prefix}{node_id}:", bindings, self.graph,
                        (*self.path, type_))
         child.emit()
         self.expanded[node_id] = {slot: child.source(origin) for slot, origin in child.inside.outputs.items()}
         return self.expanded[node_id]
+
+    def bindings_of(self, node: dict[str, Any]) -> dict[int, Any]:
+        """What feeds each input of an instance: its link, or for a promoted widget (an input that carries `widget`)
+        the value set on the instance, which its `widgets_values` hold in the order of those inputs."""
+        values = iter(as_list(node.get("widgets_values")))
+        bindings: dict[int, Any] = {}
+        for slot, item in enumerate(_items(node.get("inputs"))):
+            promoted = next(values, None) if isinstance(item.get("widget"), dict) else None
+            linked = self.link_source(item.get("link"))
+            bindings[slot] = linked if linked is not None else promoted
+        return bindings
 
     def emit(self) -> None:
         for node_id, node in self.nodes.items():

@@ -314,6 +314,21 @@ def test_subgraph_instance_is_expanded(tmp_path: Path) -> None:
     assert got["samplers"][0]["sampler_id"] == "10:3"
 
 
+def test_a_promoted_widget_takes_the_value_set_on_the_instance(tmp_path: Path) -> None:
+    """The positive prompt's text widget is promoted to the subgraph (a third input, linked to the text encoder's
+    `text`): the value typed on the instance, in its widgets_values, wins over the inner node's stale one."""
+    promoted = json.loads(json.dumps(SAMPLER_SUBGRAPH))
+    promoted["inputs"].append({"id": "i-text", "name": "text", "type": "STRING", "linkIds": [30]})
+    [encoder] = [n for n in promoted["nodes"] if n["id"] == 6]
+    encoder["inputs"].append({"name": "text", "type": "STRING", "widget": {"name": "text"}, "link": 30})
+    promoted["links"].append(sub_link(30, -10, 2, 6, 1))
+    instance = ui_node(10, promoted["id"], ["a lighthouse typed on the instance"], {"model": 1, "clip": 2})
+    instance["inputs"].append({"name": "text", "type": "STRING", "widget": {"name": "text"}, "link": None})
+    got = inspect(tmp_path, workflow=ui_workflow([instance], [promoted]))
+    assert got["prompt"] == "a lighthouse typed on the instance"
+    assert got["negative_prompt"] == "blurry"
+
+
 def test_nested_subgraph_inside_a_subgraph(tmp_path: Path) -> None:
     """The text encoders sit in a subgraph of their own inside the sampler subgraph (clip in, two conds out)."""
     prompts = {
