@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -95,6 +96,18 @@ class Results:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=1, default=str))
         tmp.replace(self.path)
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def finish(out: Path, result: dict[str, Any], work: Path) -> None:
+    """Write a one-shot bench's results.json under `out`, remove its scratch folder, log the figures."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+    log(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
 
 
 def log(message: str) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench.common import log, machine
+from bench.common import finish, load_average, log, machine
 
 PER_PART = 1000
 
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     log(f"making {args.rows} rows of DiffusionDB archives")
     size = make_dataset(work / "ddb", work / "files", args.rows)
-    load = [round(x, 2) for x in os.getloadavg()]
+    load = load_average()
     log("import-dataset diffusiondb")
     dataset = run_dataset_import(work / "ddb", work / "data-dataset")
     log(f"  {dataset['rows_per_s']} rows/s; promptdex import of the same images as files (baseline)")
@@ -157,13 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     log(f"  {folder['rows_per_s']} files/s")
     result = {"command": "python -m bench.datasets " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": machine(), "rows": args.rows, "archive_mib": round(size / 2**20, 1),
-              "load_average_start": load, "load_average_end": [round(x, 2) for x in os.getloadavg()],
+              "load_average_start": load, "load_average_end": load_average(),
               "import_dataset": dataset, "import_files_baseline": folder,
               "ratio_rows_per_s": round(dataset["rows_per_s"] / folder["rows_per_s"], 2),
               "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    (args.out / "results.json").write_text(json.dumps(result, indent=1))
-    shutil.rmtree(work, ignore_errors=True)
-    log(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
+    finish(args.out, result, work)
     return 0
 
 

@@ -11,7 +11,6 @@ is timed apart (a fleet's cluster is already up).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from bench.common import log, machine
+from bench.common import finish, load_average, log, machine
 
 SETTINGS = ["--steps", "4", "--size", "64x64", "--batch", "1"]
 
@@ -125,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_tiny_model(models)
     prompts = work / "prompts.txt"
     prompts.write_text("".join(f"a lighthouse on a cliff, study number {i}\n" for i in range(args.images)))
-    load = [round(x, 2) for x in os.getloadavg()]
+    load = load_average()
     log(f"queue: generate --enqueue, then {args.workers} workers (baseline)")
     queue = run_queue(work, prompts, models, args.workers)
     log(f"  {queue['images_per_s']} images/s; generate --ray on {args.workers} nodes")
@@ -133,12 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     log(f"  {ray['images_per_s']} images/s")
     result = {"command": "python -m bench.ray_generate " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": machine(), "settings": SETTINGS, "load_average_start": load,
-              "load_average_end": [round(x, 2) for x in os.getloadavg()], "queue_baseline": queue, "ray": ray,
+              "load_average_end": load_average(), "queue_baseline": queue, "ray": ray,
               "ratio_images_per_s": round(ray["images_per_s"] / queue["images_per_s"], 2)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=1))
-    shutil.rmtree(work, ignore_errors=True)
-    log(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
+    finish(args.out, result, work)
     return 0
 
 

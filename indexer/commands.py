@@ -113,10 +113,7 @@ def run_import(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         out(json.dumps(summary.to_json(), ensure_ascii=False, indent=1))
     else:
-        for path, error in summary.errors:
-            out(f"error: {path}: {error}")
-        for path, warning in summary.warnings:
-            out(f"warning: {path}: {warning}")
+        _print_problems(summary)
         out(summary.line())
     did_something = summary.imported or summary.unchanged or summary.duplicates or summary.vanished
     return 1 if summary.errors and not did_something else 0
@@ -153,12 +150,17 @@ def _watch_report(kind: str, summary: Any, *, as_json: bool) -> None:
     if as_json:
         out(json.dumps({"batch": kind, **summary.to_json()}, ensure_ascii=False))
         return
+    _print_problems(summary)
+    if kind != "rescan" or summary.imported or summary.missing or summary.vanished:
+        out(f"{kind}: {summary.line()}")
+
+
+def _print_problems(summary: Any) -> None:
+    """An import summary's bad files and metadata problems, one line each, naming the file."""
     for path, error in summary.errors:
         out(f"error: {path}: {error}")
     for path, warning in summary.warnings:
         out(f"warning: {path}: {warning}")
-    if kind != "rescan" or summary.imported or summary.missing or summary.vanished:
-        out(f"{kind}: {summary.line()}")
 
 
 def run_index_command(args: argparse.Namespace, settings: Settings) -> int:

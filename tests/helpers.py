@@ -5,9 +5,24 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> None:
+    """Poll `predicate` every 0.1 s until it is true; fail the test naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
 
 # The suite's one cache of ONNX exports (tests/conftest.py sets it): every test's process exports each model once.
 ONNX_DIR_SETTING = "PROMPTDEX_INDEXER__ONNX_DIR"

@@ -4,7 +4,6 @@ its watch, killed with SIGKILL, comes back and picks up what was written meanwhi
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import queue
@@ -19,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from tests.e2e.test_web import (
     DESKTOP,
@@ -33,6 +30,7 @@ from tests.e2e.test_web import (
     serve,
 )
 from tests.helpers import run_cli, stop_process
+from tests.integration.test_watch import png_bytes
 
 pytestmark = pytest.mark.e2e
 
@@ -41,11 +39,7 @@ WAIT = 120.0  # seconds for the watch to import and index a file (the tiny model
 
 def write_png(path: Path, prompt: str, *, seed: int, pause: float = 0.0) -> None:
     """An A1111-style PNG; with `pause`, written in two parts with the writer idle between them."""
-    info = PngInfo()
-    info.add_text("parameters", f"{prompt}\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: {seed}, Size: 64x64")
-    buffer = io.BytesIO()
-    Image.effect_noise((64, 64), 60).convert("RGB").save(buffer, "PNG", pnginfo=info)
-    data = buffer.getvalue()
+    data = png_bytes(seed, prompt, (64, 64))
     with path.open("wb") as sink:
         sink.write(data[: len(data) // 2])
         sink.flush()

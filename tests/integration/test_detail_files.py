@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from indexer.importer import import_paths
 from promptdex import accounts
 from promptdex.accounts import Role
 from tests.conftest import require_shared_fixtures
+from tests.integration.test_import_folders import png
 
 pytestmark = pytest.mark.integration
 
@@ -23,11 +23,8 @@ COMFY = "sd-metadata/png/comfyui-hires.png"
 
 
 def _png(path: Path, colour: tuple[int, int, int]) -> Path:
-    info = PngInfo()
-    info.add_text("parameters", "a red barn\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 32x32")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (32, 32), colour).save(path, pnginfo=info)
-    return path
+    text = "a red barn\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 32x32"
+    return png(path, colour=colour, size=(32, 32), chunks={"parameters": text})
 
 
 @pytest.fixture

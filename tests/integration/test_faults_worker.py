@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.helpers import clean_env, run_cli
+from tests.helpers import clean_env, run_cli, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -49,15 +49,6 @@ def job_row(url: str, job_id: int) -> dict[str, Any]:
         row = conn.execute("SELECT * FROM jobs WHERE id = %s", (job_id,)).fetchone()
     assert row is not None
     return row
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def image_count(url: str) -> int:

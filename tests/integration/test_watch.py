@@ -23,19 +23,20 @@ from PIL.PngImagePlugin import PngInfo
 from indexer.importer import ImportSummary
 from indexer.watch import FolderWatch, watch_roots
 from promptdex.errors import InvalidInput, PromptdexError
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
-PARAMETERS = "a lighthouse in a watched folder\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: {seed}, Size: 96x64"
+PARAMETERS = "{prompt}\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: {seed}, Size: {width}x{height}"
 WAIT = 30.0  # seconds a test waits for the watch to see a change before it fails
 
 
-def png_bytes(seed: int) -> bytes:
-    """An A1111-style PNG of noise (each call's pixels differ) carrying `seed` in its parameters."""
+def png_bytes(seed: int, prompt: str = "a lighthouse in a watched folder", size: tuple[int, int] = (96, 64)) -> bytes:
+    """An A1111-style PNG of noise (each call's pixels differ) carrying `prompt` and `seed` in its parameters."""
     info = PngInfo()
-    info.add_text("parameters", PARAMETERS.format(seed=seed))
+    info.add_text("parameters", PARAMETERS.format(prompt=prompt, seed=seed, width=size[0], height=size[1]))
     buffer = io.BytesIO()
-    Image.effect_noise((96, 64), 50).convert("RGB").save(buffer, "PNG", pnginfo=info)
+    Image.effect_noise(size, 50).convert("RGB").save(buffer, "PNG", pnginfo=info)
     return buffer.getvalue()
 
 
@@ -89,13 +90,8 @@ def watching(conn: Any, settings: Any, roots: list[Path], *, index: Callable[[An
         raise crashed[0]
 
 
-def until(done: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if done():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"watch: {what} not seen within {timeout} s")
+def until(done: Callable[[], bool], what: str) -> None:
+    wait_for(done, WAIT, f"the watch to see {what}")
 
 
 def rows(db: Any, sql: str, *args: Any) -> list[dict[str, Any]]:
