@@ -102,11 +102,12 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def finish(out: Path, result: dict[str, Any], work: Path) -> None:
-    """Write a one-shot bench's results.json under `out`, remove its scratch folder, log the figures."""
+def finish(out: Path, result: dict[str, Any], work: Path | None) -> None:
+    """Write a one-shot bench's results.json under `out`, remove its scratch folder (if any), log the figures."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1))
-    shutil.rmtree(work, ignore_errors=True)
+    if work is not None:
+        shutil.rmtree(work, ignore_errors=True)
     log(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
 
 

@@ -23,30 +23,33 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from bench.common import finish, load_average, log, machine
 
 PER_PART = 1000
 
 
-def make_dataset(root: Path, files: Path, rows: int, seed: int = 0) -> int:
-    """DiffusionDB's layout under `root` (images/part-NNNNNN.zip) and the same images as loose files under `files`.
-    Returns the bytes written to the archives."""
+def make_dataset(root: Path, files: Path, rows: int, seed: int = 0, *, loose: int | None = None) -> int:
+    """DiffusionDB's layout under `root` (images/part-NNNNNN.zip) and the first `loose` (default: all) of the same
+    images as loose files under `files`. Returns the bytes written to the archives."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True)
     samplers = ["k_lms", "k_euler_a", "k_euler", "ddim", "plms", "k_dpm_2"]
-    total = 0
-    for part in range(1, (rows + PER_PART - 1) // PER_PART + 1):
+    total, loose = 0, rows if loose is None else loose
+    parts = (rows + PER_PART - 1) // PER_PART
+    for part in tqdm(range(1, parts + 1), desc="make archives", unit="part", file=sys.stderr):
         entries = {}
         folder = files / f"part-{part:06d}"
-        folder.mkdir(parents=True)
         with zipfile.ZipFile(root / "images" / f"part-{part:06d}.zip", "w") as archive:
             for i in range(min(PER_PART, rows - (part - 1) * PER_PART)):
                 name = f"{part:06d}{i:04d}-0000-4000-8000-000000000000.png"
                 buffer = io.BytesIO()
                 Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buffer, "PNG")
                 archive.writestr(name, buffer.getvalue())
-                (folder / name).write_bytes(buffer.getvalue())
+                if (part - 1) * PER_PART + i < loose:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    (folder / name).write_bytes(buffer.getvalue())
                 entries[name] = {"p": f"a photo of subject {part * PER_PART + i}, trending on artstation",
                                  "se": int(rng.integers(0, 2**32)), "c": 7.0, "st": 50, "sa": samplers[i % 6]}
             archive.writestr(f"part-{part:06d}.json", json.dumps(entries))
@@ -55,10 +58,11 @@ def make_dataset(root: Path, files: Path, rows: int, seed: int = 0) -> int:
 
 
 class RssSampler:
-    """This process's resident memory, sampled every 0.25 s: (rows done so far, MiB) pairs."""
+    """This process's resident memory, sampled every 0.25 s: (seconds since the start, rows done so far, MiB)."""
 
     def __init__(self, progress: list[int]) -> None:
-        self.samples: list[tuple[int, float]] = []
+        self.samples: list[tuple[float, int, float]] = []
+        self.started = time.perf_counter()
         self.progress, self.stop = progress, threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -67,7 +71,7 @@ class RssSampler:
         while not self.stop.wait(0.25):
             with open("/proc/self/statm") as handle:
                 rss = int(handle.read().split()[1]) * page / 2**20
-            self.samples.append((self.progress[0], round(rss, 1)))
+            self.samples.append((round(time.perf_counter() - self.started, 2), self.progress[0], round(rss, 1)))
 
     def __enter__(self) -> RssSampler:
         self.thread.start()
@@ -112,7 +116,22 @@ def run_dataset_import(root: Path, data: Path) -> dict[str, Any]:
         database.close()
     return {"rows": summary.items, "imported": summary.imported, "errors": len(summary.errors),
             "seconds": round(seconds, 2), "rows_per_s": round(summary.items / seconds, 1),
-            "cpu_ms_per_row": round(1000 * cpu / max(1, summary.items), 3), "rss_samples": _thin(rss.samples)}
+            "cpu_ms_per_row": round(1000 * cpu / max(1, summary.items), 3), "rss_samples": _thin(rss.samples),
+            "all_samples": rss.samples,
+            "rate_by_decile": _rates(rss.samples, summary.items)}
+
+
+def _rates(samples: list[tuple[float, int, float]], rows: int) -> list[dict[str, float]]:
+    """Rows/s over each tenth of the rows (from the samples' times), to show whether the rate holds as the tables
+    grow."""
+    out, start = [], (0.0, 0)
+    for tenth in range(1, 11):
+        mark = next((s for s in samples if s[1] >= rows * tenth // 10), None)
+        if mark is None:
+            break
+        out.append({"rows_to": mark[1], "rows_per_s": round((mark[1] - start[1]) / max(1e-9, mark[0] - start[0]), 1)})
+        start = (mark[0], mark[1])
+    return out
 
 
 def run_folder_import(files: Path, data: Path) -> dict[str, Any]:
@@ -133,7 +152,16 @@ def run_folder_import(files: Path, data: Path) -> dict[str, Any]:
             "cpu_ms_per_row": round(1000 * cpu / max(1, summary.files), 3)}
 
 
-def _thin(samples: list[tuple[int, float]], keep: int = 20) -> list[tuple[int, float]]:
+def _first_rows(dataset: dict[str, Any], rows: int, folder: dict[str, Any]) -> dict[str, Any]:
+    """The dataset import's rate over its first `rows` rows (the baseline's size), from its samples."""
+    mark = next((s for s in dataset["all_samples"] if s[1] >= rows), None)
+    if mark is None:
+        return {}
+    rate = mark[1] / mark[0]
+    return {"rows": mark[1], "rows_per_s": round(rate, 1), "ratio": round(rate / folder["rows_per_s"], 2)}
+
+
+def _thin(samples: list[tuple[float, int, float]], keep: int = 20) -> list[tuple[float, int, float]]:
     step = max(1, len(samples) // keep)
     return samples[::step] + samples[-1:]
 
@@ -141,25 +169,31 @@ def _thin(samples: list[tuple[int, float]], keep: int = 20) -> list[tuple[int, f
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=20000)
+    parser.add_argument("--baseline-rows", type=int, help="loose files for the baseline (default: --rows); the "
+                        "dataset import's rate over its own first as many rows is reported beside it")
     parser.add_argument("--out", type=Path, default=Path("bench/results/datasets"))
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = args.out / "work"
     shutil.rmtree(work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    log(f"making {args.rows} rows of DiffusionDB archives")
-    size = make_dataset(work / "ddb", work / "files", args.rows)
+    baseline_rows = min(args.rows, args.baseline_rows or args.rows)
+    log(f"making {args.rows} rows of DiffusionDB archives ({baseline_rows} also as loose files)")
+    size = make_dataset(work / "ddb", work / "files", args.rows, loose=baseline_rows)
     load = load_average()
     log("import-dataset diffusiondb")
     dataset = run_dataset_import(work / "ddb", work / "data-dataset")
     log(f"  {dataset['rows_per_s']} rows/s; promptdex import of the same images as files (baseline)")
     folder = run_folder_import(work / "files", work / "data-folder")
     log(f"  {folder['rows_per_s']} files/s")
+    first_rows = _first_rows(dataset, baseline_rows, folder)
+    del dataset["all_samples"]
     result = {"command": "python -m bench.datasets " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": machine(), "rows": args.rows, "archive_mib": round(size / 2**20, 1),
               "load_average_start": load, "load_average_end": load_average(),
               "import_dataset": dataset, "import_files_baseline": folder,
               "ratio_rows_per_s": round(dataset["rows_per_s"] / folder["rows_per_s"], 2),
+              "dataset_first_rows": first_rows,
               "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     finish(args.out, result, work)
     return 0

@@ -17,6 +17,8 @@ import json
 import logging
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +141,9 @@ def publish_all(settings: Any) -> list[int]:
 
 
 class BundleSync:
-    """What the API runs on each reload check: at most every `storage.poll_seconds`, fetch newer generations."""
+    """What the API runs on each reload check: at most every `storage.poll_seconds`, fetch newer generations. One
+    thread polls at a time (the others go on serving what they have); `problem` names every bundle whose last
+    fetch failed, for /api/health, until a fetch of it succeeds."""
 
     def __init__(self, settings: Any) -> None:
         from promptdex.storage import get_storage
@@ -148,21 +152,30 @@ class BundleSync:
         self.folder = settings.indexes_path
         self.every = settings.storage.poll_seconds
         self.checked = float("-inf")
-        self.problem: str | None = None
+        self._failed: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def problem(self) -> str | None:
+        return "; ".join(f"bundle {name!r}: {text}" for name, text in self._failed.items()) or None
 
     def poll(self, *, force: bool = False) -> bool:
-        import time
-
-        now = time.monotonic()
-        if not force and now - self.checked < self.every:
+        if not self._lock.acquire(blocking=False):  # another request is fetching: serve what is here meanwhile
             return False
-        self.checked = now
-        changed = False
-        for name in bundle_names():
-            try:
-                changed |= sync_bundle(self.storage, name, self.folder / name)
-                self.problem = None
-            except Exception as exc:  # noqa: BLE001 - the API keeps serving what it has; health reports it
-                self.problem = str(exc)
-                logger.error("bundle %s: %s", name, exc)
-        return changed
+        try:
+            now = time.monotonic()
+            if not force and now - self.checked < self.every:
+                return False
+            self.checked = now
+            changed = False
+            for name in bundle_names():
+                try:
+                    changed |= sync_bundle(self.storage, name, self.folder / name)
+                    self._failed.pop(name, None)
+                except Exception as exc:  # noqa: BLE001 - the API keeps serving what it has; health reports it
+                    text = str(exc) or type(exc).__name__
+                    self._failed[name] = text if self.storage.name in text else f"{self.storage.name}: {text}"
+                    logger.error("bundle %s: %s", name, exc)
+            return changed
+        finally:
+            self._lock.release()

@@ -286,6 +286,9 @@ class Engines:
         for name, handle in (("images", self.indexer.images), ("prompts", self.indexer.prompts)):
             report[name] = _bundle_health(handle)
         report["keyword"] = {"ok": True, "backend": self.indexer.keyword.backend}
+        if self.bundle_sync is not None:  # PROMPTDEX_STORAGE_URL: new generations come from the shared store
+            problem = self.bundle_sync.problem
+            report["storage"] = {"ok": problem is None, **({"error": problem} if problem else {})}
         return report
 
     def models_health(self) -> dict[str, Any]:

@@ -130,6 +130,23 @@ def test_generate_index_and_a_second_api_instance_on_shared_s3(s3: str, pg_serve
         assert client.get("/api/search", params={"q": "fox"}).status_code == 200
         after = read_manifest(folder)
         assert after is not None and after.generation > before.generation
+        assert client.get("/api/health").json()["bundles"]["storage"] == {"ok": True}
+        # a pointer to a generation whose files never reached the store: the replica keeps serving the one it has,
+        # health says the store is the problem, and names the bundle (admins see the text)
+        pointer = json.loads(bundles.get(f"clip-image/{POINTER}"))
+        bundles.put(f"clip-image/{POINTER}", json.dumps({**pointer, "generation": pointer["generation"] + 1}).encode())
+        time.sleep(0.2)
+        assert client.get("/api/search", params={"q": "fox"}).json()["data"]
+        health = client.get("/api/health").json()
+        assert health["status"] == "degraded" and health["bundles"]["images"]["ok"]
+        assert health["bundles"]["storage"] == {"ok": False, "error": "not available"}
+        problem = client.app.state.promptdex.engines.bundle_sync.problem  # type: ignore[attr-defined]
+        assert problem.startswith("bundle 'clip-image': ") and "prompt-text" not in problem
+        assert read_manifest(folder).generation == after.generation  # type: ignore[union-attr]
+        bundles.put(f"clip-image/{POINTER}", json.dumps(pointer).encode())  # the publisher's pointer again
+        time.sleep(0.2)
+        client.get("/api/search", params={"q": "fox"})
+        assert client.get("/api/health").json()["status"] == "ok"
 
 
 def test_corrupt_download_is_refused_and_the_old_generation_kept(s3: str, tmp_path: Path) -> None:
