@@ -52,8 +52,8 @@ def render(data: dict[str, Any], results_path: str) -> str:
     add = lines.append
     add("# Benchmarks")
     add("")
-    add(f"All figures below come from one run: `{run_cmd}` (results file `{results_path}`, rendered by "
-        "`python -m bench.report`). Started " + str(data.get("started_at")) + ", took "
+    add(f"The figures down to the one-shot sections come from one run: `{run_cmd}` (results file "
+        f"`{results_path}`, rendered by `python -m bench.report`). Started " + str(data.get("started_at")) + ", took "
         + _f((data.get("total_s") or 0) / 60) + " minutes.")
     add("")
     add(f"Machine: {m['cpu']}, **{m['cores']} cores**, {m['memory_gib']} GiB RAM, no GPU lent to this task "
@@ -310,6 +310,9 @@ def render(data: dict[str, Any], results_path: str) -> str:
             f"{_f(clip_onnx.get('cpu_ms_per_image'))} on ONNX Runtime). Load average at the start and end of the "
             f"import: {imp.get('load_average_1min', '-')}.")
         add("")
+    if data.get("one_shot"):  # bench/ONE_SHOT.md: sections of benches that run on their own, each with its command
+        add(data["one_shot"])
+        add("")
     if data.get("notes"):
         add("## Notes")
         add("")
@@ -494,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
     args = parser.parse_args(argv)
     data = json.loads(args.results.read_text())
+    one_shot = Path(__file__).with_name("ONE_SHOT.md")
+    if one_shot.is_file():
+        data["one_shot"] = one_shot.read_text().strip()
     notes = Path(__file__).with_name("NOTES.md")
     if notes.is_file():
         data.setdefault("notes", []).append(notes.read_text().strip())

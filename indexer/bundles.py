@@ -410,7 +410,7 @@ class Bundle:
 
     @classmethod
     def open(cls, path: Path, *, model: str | None = None, mmap: bool = False, nprobe: int = 16,
-             verify: Verify | None = None) -> Bundle:
+             nprobe_share: float = 0.0, verify: Verify | None = None) -> Bundle:
         """Load a bundle in memory or memory-mapped, after checking its index file against the manifest (`verify`:
         FULL in memory, where the whole file is read anyway; QUICK memory-mapped). With `model`, a bundle built by
         another model is refused. A damaged or unreadable bundle raises IndexCorrupt naming the file."""
@@ -443,7 +443,7 @@ class Bundle:
             weakref.finalize(bundle, handle.close)
         else:
             handle.close()
-        bundle.set_nprobe(nprobe)
+        bundle.set_nprobe(nprobe, share=nprobe_share)
         return bundle
 
     def check_intact(self) -> None:
@@ -465,12 +465,15 @@ class Bundle:
     def dim(self) -> int:
         return self.manifest.dim
 
-    def set_nprobe(self, nprobe: int) -> None:
-        """Search breadth: inverted lists probed (and the refine factor of an index with a refine stage)."""
+    def set_nprobe(self, nprobe: int, *, share: float = 0.0) -> None:
+        """Search breadth: inverted lists probed, `nprobe` or `share` of the lists if that is more (a bundle retrained
+        with more, smaller lists needs more of them for the same recall), and the refine factor of a refine stage."""
         try:
-            faiss.extract_index_ivf(self.index).nprobe = nprobe
+            ivf = faiss.extract_index_ivf(self.index)
         except RuntimeError:
             pass  # exact index: nothing to tune
+        else:
+            ivf.nprobe = min(int(ivf.nlist), max(nprobe, math.ceil(share * ivf.nlist)))
         refine = _refine_of(self.index)
         if refine is not None:
             refine.k_factor = REFINE_K_FACTOR

@@ -33,9 +33,10 @@ class BundleHandle:
     and `promptdex index --rebuild`, until a new generation is written. The checks cost a stat of the manifest
     every `check_every` seconds and an fstat of the index file per search."""
 
-    def __init__(self, path: Path, *, model: str, mmap: bool = False, nprobe: int = 16,
+    def __init__(self, path: Path, *, model: str, mmap: bool = False, nprobe: int = 16, nprobe_share: float = 0.0,
                  check_every: float = 2.0) -> None:
         self.path, self.model, self.mmap, self.nprobe, self.check_every = path, model, mmap, nprobe, check_every
+        self.nprobe_share = nprobe_share
         self._bundle: Bundle | None = None
         self._stamp: tuple[int, int] | None = None  # the manifest last opened, or last found unusable
         self._problem: tuple[type[PromptdexError], str] | None = None  # why the bundle on disk cannot be used
@@ -54,13 +55,15 @@ class BundleHandle:
         stamp = self._manifest_stamp()
         for _ in range(2):
             try:
-                return Bundle.open(self.path, model=self.model, mmap=self.mmap, nprobe=self.nprobe), stamp
+                return Bundle.open(self.path, model=self.model, mmap=self.mmap, nprobe=self.nprobe,
+                               nprobe_share=self.nprobe_share), stamp
             except IndexCorrupt:
                 now = self._manifest_stamp()
                 if now == stamp:
                     raise
                 stamp = now
-        return Bundle.open(self.path, model=self.model, mmap=self.mmap, nprobe=self.nprobe), stamp
+        return Bundle.open(self.path, model=self.model, mmap=self.mmap, nprobe=self.nprobe,
+                                   nprobe_share=self.nprobe_share), stamp
 
     def reload_if_changed(self, *, force: bool = False) -> bool:
         """Reopen the bundle when its manifest changed; True when a new generation was loaded. Never raises: what
@@ -135,11 +138,11 @@ class IndexerService:
     def __init__(self, settings: Settings, embedders: Embedders, keyword: KeywordIndex, *, mmap: bool = False,
                  check_every: float = 2.0) -> None:
         self.settings, self.embedders, self.keyword = settings, embedders, keyword
-        nprobe = settings.indexer.nprobe
+        nprobe, share = settings.indexer.nprobe, settings.indexer.nprobe_share
         self.images = BundleHandle(settings.indexes_path / IMAGE_BUNDLE, model=embedders.clip.model_id, mmap=mmap,
-                                   nprobe=nprobe, check_every=check_every)
+                                   nprobe=nprobe, nprobe_share=share, check_every=check_every)
         self.prompts = BundleHandle(settings.indexes_path / PROMPT_BUNDLE, model=embedders.prompt.model_id,
-                                    mmap=mmap, nprobe=nprobe, check_every=check_every)
+                                    mmap=mmap, nprobe=nprobe, nprobe_share=share, check_every=check_every)
 
     @classmethod
     def from_settings(cls, settings: Settings, connect: ConnectionSource, *, mmap: bool = False,

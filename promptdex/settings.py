@@ -103,7 +103,10 @@ class IndexerSettings(BaseModel):
         BundleLayout.STANDARD, description="Approximate bundles: standard (approx_factory, ~660 bytes a 512-d "
         "vector, recall@10 0.96 at 1M) or compact (OPQ64_256,IVF,PQ64x4fs,Refine(PQ128np): ~180 bytes a vector, "
         "recall@10 only ~0.62 at 1M on synthetic vectors; see BENCHMARKS.md).")
-    nprobe: int = Field(128, ge=1, description="Inverted lists an approximate index searches.")
+    nprobe: int = Field(128, ge=1, description="Inverted lists an approximate index searches (at least).")
+    nprobe_share: float = Field(
+        0.125, ge=0, le=1, description="Share of an approximate index's inverted lists searched, when that is more "
+        "than NPROBE: a retrain or rebuild that makes more, smaller lists keeps its recall (0: NPROBE only).")
     checkpoint_every: int = Field(
         10_000, ge=1, description="`promptdex index` saves the bundles after this many new vectors.")
     import_workers: int = Field(0, ge=0, description="Threads that decode images on import (0: one per CPU core).")
