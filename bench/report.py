@@ -499,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     data = json.loads(args.results.read_text())
     one_shot = Path(__file__).with_name("ONE_SHOT.md")
     if one_shot.is_file():
-        data["one_shot"] = one_shot.read_text().strip()
+        text = one_shot.read_text().strip()
+        data["one_shot"] = text.split("-->", 1)[1].strip() if text.startswith("<!--") else text  # minus its comment
     notes = Path(__file__).with_name("NOTES.md")
     if notes.is_file():
         data.setdefault("notes", []).append(notes.read_text().strip())
