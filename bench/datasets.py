@@ -28,6 +28,7 @@ from tqdm import tqdm
 from bench.common import finish, load_average, log, machine
 
 PER_PART = 1000
+Sample = tuple[float, int, float]  # (seconds since the start, rows done, RSS MiB)
 
 
 def make_dataset(root: Path, files: Path, rows: int, seed: int = 0, *, loose: int | None = None) -> int:
@@ -61,7 +62,7 @@ class RssSampler:
     """This process's resident memory, sampled every 0.25 s: (seconds since the start, rows done so far, MiB)."""
 
     def __init__(self, progress: list[int]) -> None:
-        self.samples: list[tuple[float, int, float]] = []
+        self.samples: list[Sample] = []
         self.started = time.perf_counter()
         self.progress, self.stop = progress, threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -88,7 +89,8 @@ def _settings(data: Path) -> Any:
     return get_settings(_env_file=None, data_dir=data, database_url=None)
 
 
-def run_dataset_import(root: Path, data: Path) -> dict[str, Any]:
+def run_dataset_import(root: Path, data: Path, first: int) -> dict[str, Any]:
+    """The import, timed; also its rate over each tenth of the rows and over its `first` rows (the baseline's size)."""
     from indexer.datasets.core import import_dataset
     from indexer.datasets.layouts import Options, open_dataset
     from promptdex.db import open_database
@@ -117,16 +119,20 @@ def run_dataset_import(root: Path, data: Path) -> dict[str, Any]:
     return {"rows": summary.items, "imported": summary.imported, "errors": len(summary.errors),
             "seconds": round(seconds, 2), "rows_per_s": round(summary.items / seconds, 1),
             "cpu_ms_per_row": round(1000 * cpu / max(1, summary.items), 3), "rss_samples": _thin(rss.samples),
-            "all_samples": rss.samples,
-            "rate_by_decile": _rates(rss.samples, summary.items)}
+            "rate_by_decile": _rates(rss.samples, summary.items), "first_rows": _first_rows(rss.samples, first)}
 
 
-def _rates(samples: list[tuple[float, int, float]], rows: int) -> list[dict[str, float]]:
+def _reached(samples: list[Sample], rows: int) -> Sample | None:
+    """The first sample taken once `rows` rows were done."""
+    return next((s for s in samples if s[1] >= rows), None)
+
+
+def _rates(samples: list[Sample], rows: int) -> list[dict[str, float]]:
     """Rows/s over each tenth of the rows (from the samples' times), to show whether the rate holds as the tables
     grow."""
     out, start = [], (0.0, 0)
     for tenth in range(1, 11):
-        mark = next((s for s in samples if s[1] >= rows * tenth // 10), None)
+        mark = _reached(samples, rows * tenth // 10)
         if mark is None:
             break
         out.append({"rows_to": mark[1], "rows_per_s": round((mark[1] - start[1]) / max(1e-9, mark[0] - start[0]), 1)})
@@ -152,16 +158,13 @@ def run_folder_import(files: Path, data: Path) -> dict[str, Any]:
             "cpu_ms_per_row": round(1000 * cpu / max(1, summary.files), 3)}
 
 
-def _first_rows(dataset: dict[str, Any], rows: int, folder: dict[str, Any]) -> dict[str, Any]:
-    """The dataset import's rate over its first `rows` rows (the baseline's size), from its samples."""
-    mark = next((s for s in dataset["all_samples"] if s[1] >= rows), None)
-    if mark is None:
-        return {}
-    rate = mark[1] / mark[0]
-    return {"rows": mark[1], "rows_per_s": round(rate, 1), "ratio": round(rate / folder["rows_per_s"], 2)}
+def _first_rows(samples: list[Sample], rows: int) -> dict[str, Any]:
+    """The rate over the first `rows` rows, from the samples."""
+    mark = _reached(samples, rows)
+    return {} if mark is None else {"rows": mark[1], "rows_per_s": round(mark[1] / mark[0], 1)}
 
 
-def _thin(samples: list[tuple[float, int, float]], keep: int = 20) -> list[tuple[float, int, float]]:
+def _thin(samples: list[Sample], keep: int = 20) -> list[Sample]:
     step = max(1, len(samples) // keep)
     return samples[::step] + samples[-1:]
 
@@ -182,12 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     size = make_dataset(work / "ddb", work / "files", args.rows, loose=baseline_rows)
     load = load_average()
     log("import-dataset diffusiondb")
-    dataset = run_dataset_import(work / "ddb", work / "data-dataset")
+    dataset = run_dataset_import(work / "ddb", work / "data-dataset", baseline_rows)
     log(f"  {dataset['rows_per_s']} rows/s; promptdex import of the same images as files (baseline)")
     folder = run_folder_import(work / "files", work / "data-folder")
     log(f"  {folder['rows_per_s']} files/s")
-    first_rows = _first_rows(dataset, baseline_rows, folder)
-    del dataset["all_samples"]
+    first_rows = dataset.pop("first_rows")
+    if first_rows:
+        first_rows["ratio"] = round(first_rows["rows_per_s"] / folder["rows_per_s"], 2)
     result = {"command": "python -m bench.datasets " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": machine(), "rows": args.rows, "archive_mib": round(size / 2**20, 1),
               "load_average_start": load, "load_average_end": load_average(),

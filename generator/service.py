@@ -27,7 +27,7 @@ from promptdex.generation import GenerateRequest, random_seeds
 from promptdex.inputs import inputs_path
 from promptdex.records import Image, NewImage
 from promptdex.settings import Settings
-from promptdex.storage import get_storage, remote_storage
+from promptdex.storage import shared_storage
 
 logger = logging.getLogger(__name__)
 
@@ -287,9 +287,8 @@ def store_rendered(conn: Any, settings: Settings, loaded: LoadedModel, spec: Ren
     data, _, row = encode_rendered(loaded, spec, items, index, image, environment)
     # scored before the row exists, so no search ever shows it unscored
     row.safety = get_scorer(settings).for_image(row.params.prompt, image)
-    # one S3 client per process (remote_storage), not one per image: its connections are reused
-    storage = (remote_storage(settings, "images") or get_storage(settings, "images")) if settings.storage_url else None
-    saved = save_image(conn, images_path=settings.images_path, data=data, image=row, storage=storage)
+    saved = save_image(conn, images_path=settings.images_path, data=data, image=row,
+                       storage=shared_storage(settings, "images"))
     return saved.id, saved.created
 
 

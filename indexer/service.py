@@ -52,18 +52,20 @@ class BundleHandle:
 
     def _open(self) -> tuple[Bundle, tuple[int, int] | None]:
         """Open the bundle on disk; when a save swaps the manifest while this reads it, open the new one."""
+        def load() -> Bundle:
+            return Bundle.open(self.path, model=self.model, mmap=self.mmap, nprobe=self.nprobe,
+                               nprobe_share=self.nprobe_share)
+
         stamp = self._manifest_stamp()
         for _ in range(2):
             try:
-                return Bundle.open(self.path, model=self.model, mmap=self.mmap, nprobe=self.nprobe,
-                               nprobe_share=self.nprobe_share), stamp
+                return load(), stamp
             except IndexCorrupt:
                 now = self._manifest_stamp()
                 if now == stamp:
                     raise
                 stamp = now
-        return Bundle.open(self.path, model=self.model, mmap=self.mmap, nprobe=self.nprobe,
-                                   nprobe_share=self.nprobe_share), stamp
+        return load(), stamp
 
     def reload_if_changed(self, *, force: bool = False) -> bool:
         """Reopen the bundle when its manifest changed; True when a new generation was loaded. Never raises: what

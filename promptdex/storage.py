@@ -274,6 +274,14 @@ def remote_storage(settings: Settings, area: Area) -> Storage | None:
     return storage
 
 
+def shared_storage(settings: Settings, area: Area) -> Storage | None:
+    """The store an area's files go to when PROMPTDEX_STORAGE_URL is set (a folder, or one reused client per process
+    for s3://); None without it (the area is then IMAGES_DIR, THUMBS_DIR...)."""
+    if not settings.storage_url:
+        return None
+    return remote_storage(settings, area) or get_storage(settings, area)
+
+
 def missing_keys(storage: Storage, keys: Iterable[str], *, list_above: int = 8) -> set[str]:
     """Which of `keys` have no object in `storage`, in few requests: the keys of one folder (`ab/` of a
     content-addressed key) are checked with one listing of that folder when there are more than `list_above` of
