@@ -8,8 +8,9 @@ jobs every third of the lease (on a connection of its own, so a render longer th
 job); a worker that dies stops renewing, and once its lease has run out the job is handed to the next worker
 (up to the job's max_attempts). Jobs are idempotent: their seeds are fixed when queued (or derived from the
 job), so a retried job makes the same bytes, which the corpus stores once, and whichever attempt finishes
-first links them to the job. A lost database or a full disk stops the worker at once (its jobs go back to
-the queue). Payload schema: see `promptdex.generation`.
+first links them to the job. A lost database is waited for (PROMPTDEX_DB__RECONNECT_SECONDS; the jobs in hand go
+back to the queue when their lease runs out, to be claimed again once it is back); a full disk stops the worker
+at once (its jobs go back to the queue). Payload schema: see `promptdex.generation`.
 """
 
 from __future__ import annotations
@@ -36,9 +37,18 @@ from generator.requests import check_inputs
 from generator.service import ModelCache, generate_images, inputs_path, request_like, with_seeds
 from promptdex.catalog import fill_defaults, model_profile
 from promptdex.db import Database, open_database
-from promptdex.errors import DatabaseError, InvalidInput, NotFound, PromptdexError
+from promptdex.errors import InvalidInput, NotFound, PromptdexError
 from promptdex.generation import RANDOM_SEED_BITS, GenerateRequest, ReproduceJob, VariationsJob, parse_payload
-from promptdex.jobs import WAKE_CHANNEL, Job, claim_jobs, complete_job, extend_lease, fail_job, mark_cancelled
+from promptdex.jobs import (
+    WAKE_CHANNEL,
+    Job,
+    claim_jobs,
+    complete_job,
+    extend_lease,
+    fail_job,
+    mark_cancelled,
+    release_jobs,
+)
 from promptdex.settings import Settings
 from promptdex.store import get_image
 
@@ -160,35 +170,42 @@ def run_worker(
     size = batch_size or settings.generator.batch_size
     db = open_database(settings)
     cache = ModelCache(settings, device=device, dtype=dtype)
+    taken = 0
+    in_hand: list[int] = []  # the jobs claimed and not yet finished, released again after a lost database
     try:
-        with db.connect(autocommit=True) as conn, torch_threads(threads or settings.generator.threads), \
-                Heartbeat(db, worker=report.name, lease_seconds=lease) as heartbeat, ExitStack() as stack:
-            repair_incoming(conn, images_path=settings.images_path)
-            wakeup = Wakeup(db)
-            stack.callback(wakeup.close)
-            taken = 0
-            while not stop.is_set():
-                limit = size if max_jobs is None else min(size, max_jobs - taken)
-                jobs = claim_jobs(conn, worker=report.name, limit=limit, lease_seconds=lease) if limit > 0 else []
-                if not jobs:
-                    if once or (max_jobs is not None and taken >= max_jobs):
-                        break
-                    wakeup.wait(poll, stop)
-                    continue
-                taken += len(jobs)
-                logger.info("%s took jobs %s", report.name, [j.id for j in jobs])
-                heartbeat.job_ids = [j.id for j in jobs]
-                try:
-                    process_jobs(conn, settings, jobs, worker=report.name, cache=cache, batch_size=size,
-                                 lease_seconds=lease, report=report, on_images=on_images)
-                finally:
-                    heartbeat.job_ids = []
-                if max_jobs is not None and taken >= max_jobs:
-                    break
-    except psycopg.OperationalError as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DatabaseError(f"worker {report.name}: lost the database ({db.display}): {reason}; its jobs go back "
-                            "to the queue when their lease runs out") from exc
+        conn: Any = db.connect(autocommit=True)
+        while conn is not None:
+            try:
+                with conn, torch_threads(threads or settings.generator.threads), \
+                        Heartbeat(db, worker=report.name, lease_seconds=lease) as heartbeat, ExitStack() as stack:
+                    release_jobs(conn, job_ids=in_hand, worker=report.name)
+                    in_hand = []
+                    repair_incoming(conn, images_path=settings.images_path)
+                    wakeup = Wakeup(db)
+                    stack.callback(wakeup.close)
+                    while not stop.is_set():
+                        limit = size if max_jobs is None else min(size, max_jobs - taken)
+                        jobs = claim_jobs(conn, worker=report.name, limit=limit, lease_seconds=lease) if limit > 0 \
+                            else []
+                        if not jobs:
+                            if once or (max_jobs is not None and taken >= max_jobs):
+                                break
+                            wakeup.wait(poll, stop)
+                            continue
+                        taken += len(jobs)
+                        logger.info("%s took jobs %s", report.name, [j.id for j in jobs])
+                        in_hand = heartbeat.job_ids = [j.id for j in jobs]
+                        try:
+                            process_jobs(conn, settings, jobs, worker=report.name, cache=cache, batch_size=size,
+                                         lease_seconds=lease, report=report, on_images=on_images)
+                            in_hand = []
+                        finally:
+                            heartbeat.job_ids = []
+                        if max_jobs is not None and taken >= max_jobs:
+                            break
+                break
+            except psycopg.OperationalError as exc:  # its jobs go back to the queue when their lease runs out
+                conn = db.reconnect(exc, who=f"worker {report.name}", stop=stop)
     finally:
         cache.close()
         db.close()

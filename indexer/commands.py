@@ -132,14 +132,20 @@ def run_watch(args: argparse.Namespace, settings: Settings) -> int:
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     db = open_database(settings)
+    conn = None
     try:
-        with db.connect(autocommit=True) as conn:
-            watch = FolderWatch(conn, settings, args.paths, index=indexer_for(settings), database=db.display,
-                                report=lambda kind, summary: _watch_report(kind, summary, as_json=args.json))
-            if not args.json:  # stdout holds only the JSON lines
-                out(f"watching {', '.join(watch.roots)} (Ctrl-C or SIGTERM to stop)")
+        conn = db.connect(autocommit=True)
+        watch = FolderWatch(conn, settings, args.paths, index=indexer_for(settings), database=db.display, db=db,
+                            report=lambda kind, summary: _watch_report(kind, summary, as_json=args.json))
+        if not args.json:  # stdout holds only the JSON lines
+            out(f"watching {', '.join(watch.roots)} (Ctrl-C or SIGTERM to stop)")
+        try:
             watch.run(stop)
+        finally:
+            conn = watch.conn  # the one it reconnected with, if it lost the first
     finally:
+        if conn is not None:
+            conn.close()
         db.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

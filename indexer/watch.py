@@ -6,7 +6,8 @@ place, or, where no close event comes, once its size and mtime have held still f
 vanish or move are handed to the importer's prune, so a moved file keeps its row (same content, same id) and a
 deleted one is marked missing until its content comes back. Every WATCH_RESCAN_SECONDS the folders are scanned
 whole (`import --prune`), for events the file system lost. After each batch that changed the corpus, the new rows
-are indexed, so they show in search without a restart.
+are indexed, so they show in search without a restart. A lost database is waited for (PROMPTDEX_DB__RECONNECT_SECONDS,
+the embedded server started again), then the folders are scanned whole for what the lost batch held.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from watchdog.observers.polling import PollingObserver
 
 from indexer.images import IMAGE_SUFFIXES
 from indexer.importer import ImportSummary, import_paths
+from promptdex.db import Database
 from promptdex.errors import InvalidInput, PromptdexError
 from promptdex.settings import Settings
 
@@ -110,8 +112,9 @@ class FolderWatch:
 
     def __init__(self, conn: Conn, settings: Settings, roots: Sequence[str | Path], *,
                  index: Callable[[Conn], None] | None, report: Callable[[str, ImportSummary], None],
-                 database: str | None = None) -> None:
+                 database: str | None = None, db: Database | None = None) -> None:
         self.conn, self.settings, self.index, self.report, self.database = conn, settings, index, report, database
+        self.db = db  # to reconnect through when the connection is lost (None: a lost database stops the watch)
         self.roots = [os.path.normpath(os.path.abspath(os.path.expanduser(str(r)))) for r in roots]
         bad = [r for r in self.roots if not os.path.isdir(r)]
         if bad:
@@ -129,21 +132,42 @@ class FolderWatch:
             self.observer.schedule(handler, root, recursive=True)
         self.observer.start()  # before the first scan, so nothing written during it is missed
         try:
-            self._import(self.roots, "scan")
+            scan: str | None = "scan"  # a whole scan owed (its kind), None when none is
             last_scan = time.monotonic()
-            while not stop.wait(_TICK):
-                self._drain()
-                ready, gone = self._ready()
-                if ready or gone:
-                    self._import(ready + gone, "changes")
-                elif self.state.index_owed:
-                    self._index()
-                if time.monotonic() - last_scan >= self.rescan_every:
-                    self._import(self.roots, "rescan")
-                    last_scan = time.monotonic()
+            while True:
+                try:
+                    if scan is None and time.monotonic() - last_scan >= self.rescan_every:
+                        scan = "rescan"
+                    if scan is not None:
+                        self._import(self.roots, scan)
+                        scan, last_scan = None, time.monotonic()
+                    else:
+                        self._drain()
+                        ready, gone = self._ready()
+                        if ready or gone:
+                            self._import(ready + gone, "changes")
+                        elif self.state.index_owed:
+                            self._index()
+                except (PromptdexError, psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    if not self._reconnect(exc, stop):
+                        return
+                    scan = "rescan"  # what the lost batch held, and what was written meanwhile
+                if stop.wait(_TICK):
+                    return
         finally:
             self.observer.stop()
             self.observer.join(timeout=10)
+
+    def _reconnect(self, exc: Exception, stop: threading.Event) -> bool:
+        """After a failed step: reconnect when the connection was lost (False: stopped meanwhile), else raise."""
+        if self.db is None or not (self.conn.closed or self.conn.broken):
+            raise exc
+        self.conn.close()
+        conn = self.db.reconnect(exc.__cause__ or exc, who="import --watch", stop=stop)
+        if conn is None:
+            return False
+        self.conn = conn
+        return True
 
     def _drain(self) -> None:
         now = time.monotonic()
@@ -213,6 +237,8 @@ class FolderWatch:
             self.index(self.conn)
             self.state.index_owed = False
         except PromptdexError as exc:
+            if self.conn.closed or self.conn.broken:
+                raise  # the database, not the index: reconnect
             logger.warning("watch: indexing postponed: %s", exc)
 
 

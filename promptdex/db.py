@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
+import threading
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -48,6 +51,7 @@ class Database:
     url: str
     connect_timeout: float
     embedded: EmbeddedPostgres | None = field(default=None, repr=False)
+    reconnect_seconds: float = 0.0
 
     @property
     def display(self) -> str:
@@ -65,6 +69,37 @@ class Database:
             setting = "PROMPTDEX_DATABASE_URL" if self.kind == "external" else "the embedded server"
             raise DatabaseError(f"{setting}: cannot connect to {self.display}: {reason}") from exc
 
+    def reconnect(self, lost: BaseException, *, who: str, stop: threading.Event | None = None,
+                  autocommit: bool = True) -> psycopg.Connection[dict[str, Any]] | None:
+        """A new connection once the server answers again, after `who` lost its connection (`lost`): tried for
+        PROMPTDEX_DB__RECONNECT_SECONDS, starting the embedded server again if it died. None when `stop` was set
+        meanwhile; DatabaseError (naming `who` and the setting) when the server did not come back in time."""
+        reason = (str(lost).strip().splitlines() or [type(lost).__name__])[0]
+        message = f"{who}: lost the database ({self.display}): {reason}"
+        if self.reconnect_seconds <= 0:
+            raise DatabaseError(f"{message} (PROMPTDEX_DB__RECONNECT_SECONDS is 0: not reconnecting)") from lost
+        logger.warning("%s; reconnecting for up to %g s (PROMPTDEX_DB__RECONNECT_SECONDS)", message,
+                       self.reconnect_seconds)
+        stop = stop or threading.Event()
+        deadline = time.monotonic() + self.reconnect_seconds
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                if self.embedded is not None:
+                    self.embedded.ensure_running()
+                conn = self.connect(autocommit=autocommit)
+                logger.warning("%s: the database is back (%s)", who, self.display)
+                return conn
+            except (DatabaseError, OSError, subprocess.SubprocessError) as exc:
+                last: BaseException = exc
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DatabaseError(f"{message}; it did not come back within PROMPTDEX_DB__RECONNECT_SECONDS "
+                                    f"({self.reconnect_seconds:g} s): {last}") from lost
+            stop.wait(min(delay, left))
+            delay = min(delay * 2, 5.0)
+        return None
+
     def close(self) -> None:
         if self.embedded is not None:
             self.embedded.release()
@@ -80,10 +115,11 @@ def open_database(settings: Settings, *, migrate: bool = True) -> Database:
             raise ConfigError(f"PROMPTDEX_DATABASE_URL is not a valid PostgreSQL URL: {exc}") from exc
         if not url.startswith(("postgresql://", "postgres://")) and "=" not in url:
             raise ConfigError(f"PROMPTDEX_DATABASE_URL must start with postgresql:// (got {_redact(url)!r})")
-        db = Database("external", url, settings.db.connect_timeout)
+        db = Database("external", url, settings.db.connect_timeout, reconnect_seconds=settings.db.reconnect_seconds)
     else:
         embedded = EmbeddedPostgres(settings.postgres_path, start_timeout=settings.db.embedded_start_timeout)
-        db = Database("embedded", embedded.acquire(), settings.db.connect_timeout, embedded)
+        db = Database("embedded", embedded.acquire(), settings.db.connect_timeout, embedded,
+                      reconnect_seconds=settings.db.reconnect_seconds)
     if migrate:
         with db.connect() as conn:
             check_server_version(conn, db)

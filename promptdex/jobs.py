@@ -205,6 +205,18 @@ def extend_lease(conn: Conn, *, job_ids: Sequence[int], worker: str, lease_secon
     )
 
 
+def release_jobs(conn: Conn, *, job_ids: Sequence[int], worker: str) -> None:
+    """The running jobs a worker had in hand when it lost the database: their lease ends now, so the next claim
+    (its own, once reconnected) takes them again instead of waiting for the lease to run out."""
+    if not job_ids:
+        return
+    conn.execute(
+        "UPDATE jobs SET lease_until = now() - interval '1 millisecond', updated_at = now() "
+        "WHERE id = ANY(%s) AND worker = %s AND status = 'running'",
+        (list(job_ids), worker),
+    )
+
+
 def complete_job(conn: Conn, *, job_id: int, worker: str, image_ids: Sequence[int]) -> bool:
     """Mark done with its images, once: the first attempt to finish links them, whichever worker ran it.
 

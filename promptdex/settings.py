@@ -26,6 +26,10 @@ class DatabaseSettings(BaseModel):
     request_timeout: float = Field(
         2.0, gt=0, description="Seconds an API request waits for a pooled connection before it answers 503.")
     embedded_start_timeout: float = Field(60.0, gt=0, description="Seconds to wait for the embedded server.")
+    reconnect_seconds: float = Field(
+        120.0, ge=0, description="Seconds a long-running process (a worker, the folder watch) keeps trying to "
+        "reconnect after it lost the database (the embedded server is started again), before it stops with an "
+        "error; 0 stops it at once.")
 
 
 class GeneratorSettings(BaseModel):

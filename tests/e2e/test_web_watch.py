@@ -1,6 +1,7 @@
 """Watched folders as a user runs them: `promptdex import --watch --json` prints a line per batch and stops on
 SIGTERM; `serve` with PROMPTDEX_WATCH shows an image written into the folder in the page without a restart, and
-its watch, killed with SIGKILL, comes back and picks up what was written meanwhile."""
+its watch, killed with SIGKILL, comes back and picks up what was written meanwhile; a standalone watch outlives
+kill -9 of its embedded database (it starts the server again) and imports what was written while it was down."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +32,7 @@ from tests.e2e.test_web import (
     corpus_env,
     serve,
 )
-from tests.helpers import run_cli, stop_process
+from tests.helpers import clean_env, run_cli, stop_process
 from tests.integration.test_watch import png_bytes
 
 pytestmark = pytest.mark.e2e
@@ -128,3 +131,52 @@ def test_import_watch_prints_a_json_line_per_batch_and_stops_on_sigterm(pg_serve
     assert status.returncode == 0, status.stderr
     pending = {b["name"]: b["pending"] for b in json.loads(status.stdout)["bundles"]}
     assert pending and set(pending.values()) == {0}, pending  # indexed by the watch, before it stopped
+
+
+def test_import_watch_outlives_a_killed_database_and_imports_what_was_written_meanwhile(tmp_path: Path) -> None:
+    root = Path(tempfile.mkdtemp(prefix="promptdex-watchdb-"))  # the embedded server's home: not under basetemp
+    pgdata = root / "data" / "postgres" / "pgdata"
+    folder = tmp_path / "outputs"
+    folder.mkdir()
+    env = clean_env(PROMPTDEX_DATA_DIR=str(root / "data"), PROMPTDEX_MODELS="tiny", PYTHONUNBUFFERED="1",
+                    PROMPTDEX_DB__RECONNECT_SECONDS="120")
+    proc = subprocess.Popen([sys.executable, "-m", "promptdex", "import", "--watch", "--json", str(folder)],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line.decode()) for line in proc.stdout or []], daemon=True).start()
+
+    def imported(total: int) -> list[dict[str, Any]]:
+        batches: list[dict[str, Any]] = []
+        while sum(b["imported"] for b in batches) < total:
+            batches.append(json.loads(lines.get(timeout=WAIT)))
+        return batches
+
+    try:
+        assert json.loads(lines.get(timeout=WAIT))["batch"] == "scan"
+        write_png(folder / "before.png", "a lantern before the crash", seed=5)
+        imported(1)
+        before = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+        os.kill(before, signal.SIGKILL)
+        write_png(folder / "during.png", "a comet while the database was down", seed=6)
+        [*_, last] = imported(1)  # the watch started the server again and scanned the folder whole
+        assert last["batch"] == "rescan" and last["errors"] == []
+        assert int((pgdata / "postmaster.pid").read_text().splitlines()[0]) != before
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        err = (proc.stderr.read() if proc.stderr else b"").decode()
+        assert "import --watch: lost the database" in err and "the database is back" in err, err
+        assert "Traceback" not in err, err
+        status = run_cli("index", "status", "--json", cwd=tmp_path, env=env)
+        assert status.returncode == 0, status.stderr
+        bundles = json.loads(status.stdout)["bundles"]
+        assert {b["name"]: b["pending"] for b in bundles} and all(b["pending"] == 0 for b in bundles), bundles
+        again = run_cli("import", "--json", str(folder), cwd=tmp_path, env=env)  # nothing left to import
+        assert again.returncode == 0 and json.loads(again.stdout)["imported"] == 0, again.stderr
+        assert json.loads(again.stdout)["unchanged"] == 2  # both files, each once
+    finally:
+        stop_process(proc)
+        deadline = time.monotonic() + 30  # the last user left: the embedded server stops
+        while (pgdata / "postmaster.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        shutil.rmtree(root, ignore_errors=True)
