@@ -116,6 +116,61 @@ def add_image(conn: Conn, *, image: NewImage) -> tuple[int, bool]:
     return int(_first(existing)), False
 
 
+_BATCH_TABLE = "staging_add"  # a temporary table of this session, emptied at each commit
+
+
+def add_images(conn: Conn, *, images: Sequence[NewImage]) -> list[tuple[int, bool]]:
+    """Add many images in four statements, in the caller's transaction: what `add_image` does for each in turn.
+
+    The rows are copied into a temporary table, then their prompts and their images are inserted from it (a
+    sha256 already in the corpus, or twice in the batch, gives one row: only its first occurrence is `created`).
+    Returns (id, created) in the order of `images`. A value the database refuses (psycopg.DataError,
+    IntegrityError) fails the whole call: to find which, run it in a savepoint and fall back to `add_image`.
+    """
+    if not images:
+        return []
+    columns = ", ".join(f"{c} {_staging_type(c)}" for c in _COLUMNS)
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_BATCH_TABLE} (ord integer, {columns}, prompt_nsfw real, "
+                 "prompt_nsfw_key text) ON COMMIT DELETE ROWS")
+    conn.execute(f"TRUNCATE {_BATCH_TABLE}")  # a second call in one transaction
+    copy_sql = sql.SQL("COPY {} (ord, {}, prompt_nsfw, prompt_nsfw_key) FROM STDIN").format(
+        sql.Identifier(_BATCH_TABLE), sql.SQL(", ").join(map(sql.Identifier, _COLUMNS)))
+    with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+        for order, image in enumerate(images):
+            scored = image.safety.prompt_score() if image.safety is not None else None
+            copy.write_row((order, *_row_values(image), scored.score if scored else None,
+                            scored.key if scored else None))
+    conn.execute(  # a prompt's first occurrence gives its score, as add_image's would
+        f"INSERT INTO prompts (text, nsfw, nsfw_key) SELECT DISTINCT ON (md5(prompt)) prompt, prompt_nsfw, "
+        f"prompt_nsfw_key FROM {_BATCH_TABLE} WHERE prompt <> '' ORDER BY md5(prompt), ord "
+        "ON CONFLICT ((md5(text))) DO NOTHING")
+    # Scalar subqueries, not joins: the temporary table has no statistics, and each lookup must use the index.
+    cols = sql.SQL(", ").join(map(sql.Identifier, _IMAGE_COLUMNS))
+    scols = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in _IMAGE_COLUMNS)
+    found = conn.execute(sql.SQL(
+        "WITH added AS (INSERT INTO images ({cols}, prompt_id) "
+        " SELECT DISTINCT ON (s.sha256) {scols}, CASE WHEN s.prompt <> '' THEN "
+        "  (SELECT p.id FROM prompts p WHERE md5(p.text) = md5(s.prompt)) END "
+        " FROM {table} s ORDER BY s.sha256, s.ord ON CONFLICT (sha256) DO NOTHING RETURNING id, sha256) "
+        "SELECT s.ord, s.sha256, a.id AS added, (SELECT i.id FROM images i WHERE i.sha256 = s.sha256) AS existing "
+        "FROM {table} s LEFT JOIN added a ON a.sha256 = s.sha256 ORDER BY s.ord"
+    ).format(cols=cols, scols=scols, table=sql.Identifier(_BATCH_TABLE))).fetchall()
+    rows = [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in found]
+    late = [sha for _, sha, added, existing in rows if added is None and existing is None]
+    ids: dict[str, int] = {}
+    if late:  # added by another session after this statement's snapshot was taken
+        ids = {r[1]: r[0] for r in (tuple(x.values()) if isinstance(x, dict) else tuple(x) for x in conn.execute(
+            "SELECT id, sha256 FROM images WHERE sha256 = ANY(%s)", (late,)).fetchall())}
+    out: list[tuple[int, bool]] = []
+    seen: set[str] = set()
+    for _, sha, added, existing in rows:
+        first = sha not in seen
+        seen.add(sha)
+        image_id = added if added is not None else existing if existing is not None else ids[sha]
+        out.append((int(image_id), added is not None and first))
+    return out
+
+
 def get_image(conn: Conn, *, image_id: int) -> Image | None:
     """One image by id, also when it is marked missing (its file routes answer 410 Gone)."""
     row = conn.execute(sql.SQL(_SELECT + " WHERE i.id = %s"), (image_id,)).fetchone()

@@ -39,7 +39,7 @@ from promptdex.params import GenerationParams
 from promptdex.records import NewImage
 from promptdex.settings import Settings
 from promptdex.storage import Storage, get_storage
-from promptdex.store import add_image
+from promptdex.store import add_image, add_images
 
 logger = logging.getLogger(__name__)
 
@@ -214,12 +214,30 @@ def _mark(conn: Conn, dataset: str, unit: Unit, done: int, *, finished: bool = F
 
 
 def _store(conn: Conn, batch: list[Prepared], summary: DatasetSummary) -> list[tuple[int, str]]:
-    """Add a batch's rows (the caller's transaction); returns (image id, item key) of every stored item."""
+    """Add a batch's rows (the caller's transaction); returns (image id, item key) of every stored item.
+
+    The whole batch goes in at once (`add_images`); when the database refuses a value in it, the batch is stored row
+    by row instead, each in a savepoint, so the refused row is an error of its item only."""
+    summary.items += len(batch)
+    ready = [p for p in batch if p.image is not None]
+    summary.errors.extend((p.item.where, p.error or "not imported") for p in batch if p.image is None)
+    try:
+        with conn.transaction():  # a savepoint
+            added = add_images(conn, images=[p.image for p in ready if p.image is not None])
+    except (psycopg.DataError, psycopg.IntegrityError):
+        return _store_each(conn, ready, summary)
+    for _, created in added:
+        if created:
+            summary.imported += 1
+        else:
+            summary.duplicates += 1
+    return [(image_id, p.item.key) for (image_id, _), p in zip(added, ready, strict=True)]
+
+
+def _store_each(conn: Conn, ready: list[Prepared], summary: DatasetSummary) -> list[tuple[int, str]]:
     stored: list[tuple[int, str]] = []
-    for prepared in batch:
-        summary.items += 1
+    for prepared in ready:
         if prepared.image is None:
-            summary.errors.append((prepared.item.where, prepared.error or "not imported"))
             continue
         try:
             with conn.transaction():  # a savepoint: one refused row does not undo the batch

@@ -143,23 +143,26 @@ def test_diffusiondb_zip_archives_and_bad_entries(tiny: Any, conn: Any, tmp_path
     with zipfile.ZipFile(part) as archive:
         members = {n: archive.read(n) for n in archive.namelist()}
     listing = json.loads(members["part-000002.json"])
-    broken = sorted(listing)[0]
+    broken, refused = sorted(listing)[:2]
     listing[broken]["st"] = "fifty"
+    listing[refused]["p"] = "a prompt with a NUL \u0000 in it"  # valid JSON that PostgreSQL's text refuses
     listing["not-there.png"] = {"p": "a ghost", "se": 1, "c": 7, "st": 20, "sa": "k_lms"}
     members["part-000002.json"] = json.dumps(listing).encode()
     with zipfile.ZipFile(part, "w") as archive:
         for name, data in members.items():
             archive.writestr(name, data)
     summary = import_dataset(conn, tiny, open_dataset("diffusiondb", root, Options()), progress=False)
-    assert summary.imported == 7
+    assert summary.imported == 6  # the rest of the refused row's batch is stored row by row
     errors = dict(summary.errors)
     assert "part-000002.json: key 'st' (steps): 'fifty' is not a whole number" in errors[f"{part}:{broken}"]
     assert "part-000002.json" in errors[f"{part}:{broken}"]
+    assert errors[f"{part}:{refused}"].startswith("the database refused it: ")
     assert errors[f"{part}:not-there.png"] == "listed in part-000002.json but not in part-000002.zip"
+    assert len(errors) == 3
     prompts = {r["prompt"] for r in _rows(conn)}
-    assert {e["p"] for n, e in entries.items() if n != broken} == prompts
+    assert {e["p"] for n, e in entries.items() if n not in (broken, refused)} == prompts
     again = import_dataset(conn, tiny, open_dataset("diffusiondb", root, Options()), progress=False)
-    assert again.imported == 0 and len(_rows(conn)) == 7
+    assert again.imported == 0 and len(_rows(conn)) == 6
 
 
 def test_diffusiondb_metadata_table_alone_and_bad_layouts(tiny: Any, conn: Any, tmp_path: Path,

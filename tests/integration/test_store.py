@@ -8,11 +8,12 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 
 from promptdex import index_state, jobs, store
 from promptdex.params import GenerationParams, HiresParams
-from promptdex.records import ImageFilter, NewImage
+from promptdex.records import ClassifierScore, ImageFilter, NewImage, SafetyScore
 
 pytestmark = [pytest.mark.integration, pytest.mark.external_db]
 
@@ -76,6 +77,47 @@ def test_same_content_twice_gives_one_row(conn: Any) -> None:
     added = store.bulk_load(conn, images=[make_image(3), make_image(4), make_image(4)])
     assert added == 1
     assert store.count_images(conn) == 2
+
+
+def _scored(image: NewImage, score: float) -> NewImage:
+    image.safety = SafetyScore(score=score, by="words", key="k1",
+                               scores={"words": ClassifierScore(score=score, key="k1", of="prompt")})
+    return image
+
+
+def test_add_images_stores_a_batch_as_add_image_would_one_by_one(conn: Any) -> None:
+    before, _ = store.add_image(conn, image=make_image(20))
+    big = make_image(21, prompt="a shared prompt")
+    big.params.seed = 2**64 - 1
+    batch = [_scored(big, 0.75), make_image(22, prompt=""), make_image(20),  # 20: in the corpus already
+             _scored(make_image(23, prompt="a shared prompt"), 0.1), make_image(21, prompt="a shared prompt"),
+             make_image(24)]
+    with conn.transaction():
+        added = store.add_images(conn, images=batch)
+    assert [created for _, created in added] == [True, True, False, True, False, True]
+    assert added[2][0] == before and added[4][0] == added[0][0]  # a duplicate gets the first row's id
+    assert len({image_id for image_id, _ in added}) == 5 and store.count_images(conn) == 5
+    got = store.get_images(conn, ids=[image_id for image_id, _ in added])
+    for (image_id, created), image in zip(added, batch, strict=True):
+        if created:
+            assert got[image_id].params == image.params and got[image_id].sha256 == image.sha256
+            assert got[image_id].raw_metadata == image.raw_metadata and got[image_id].path == image.path
+    assert got[added[0][0]].params.seed == 2**64 - 1
+    assert got[added[1][0]].prompt_id is None
+    assert got[added[0][0]].prompt_id == got[added[3][0]].prompt_id is not None
+    [prompt] = conn.execute("SELECT nsfw, nsfw_key FROM prompts WHERE text = 'a shared prompt'").fetchall()
+    assert (prompt["nsfw"], prompt["nsfw_key"]) == (0.75, "k1")  # the first occurrence's score, as add_image's
+    assert got[added[3][0]].safety is not None and got[added[3][0]].safety.score == pytest.approx(0.1)
+    with conn.transaction():  # again in one transaction: nothing new, every id found
+        assert store.add_images(conn, images=batch[:2]) == [(added[0][0], False), (added[1][0], False)]
+        assert store.add_images(conn, images=[make_image(25)])[0][1] is True
+    assert store.add_images(conn, images=[]) == []
+
+
+def test_add_images_refuses_a_batch_with_a_bad_value_whole(conn: Any) -> None:
+    with pytest.raises(psycopg.DataError), conn.transaction():
+        store.add_images(conn, images=[make_image(30), make_image(31, prompt="a nul \x00 byte")])
+    assert store.count_images(conn) == 0 and store.count_rows(conn)["prompts"] == 0
 
 
 def test_images_sharing_a_prompt_share_one_prompt_row(conn: Any) -> None:
