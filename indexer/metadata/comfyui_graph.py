@@ -3,10 +3,15 @@
 A UI workflow becomes an API-format graph here, with its subgraph instances (`definitions.subgraphs`, the node's
 `type` the subgraph's id) and legacy group nodes (`extra.groupNodes`, type `workflow>NAME` or `workflow/NAME`)
 expanded the way ComfyUI's front end does before queueing: inner nodes get ids "<instance id>:<inner id>".
+An instance's promoted widgets are read in both forms the front end has saved: inputs that carry `widget` (linked to
+the subgraph's inputs; the instance's `widgets_values` in input order), and the legacy `properties.proxyWidgets`
+list of `[inner node id, widget name]` (the instance's `widgets_values` in that list's order; `$$` entries are
+previews, not values).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -133,6 +138,30 @@ def _group(data: dict[str, Any], instance_widgets: Any) -> _Definition:
     return _Definition([n for n in inner if n.get("mode") not in _MUTED_MODES], links, outputs)
 
 
+def _proxy_values(node: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """An instance's legacy promoted widgets (`properties.proxyWidgets`, a list or its JSON text): the value set on
+    the instance for each, by inner node id and widget name. None when it has none (the linked-input form)."""
+    properties = node.get("properties")
+    raw = properties.get("proxyWidgets") if isinstance(properties, dict) else None
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return None
+    if not isinstance(raw, list) or not raw:
+        return None
+    values = as_list(node.get("widgets_values"))
+    found: dict[str, dict[str, Any]] = {}
+    for index, entry in enumerate(raw):
+        if not isinstance(entry, list) or len(entry) < 2 or not all(isinstance(e, str | int) for e in entry[:2]):
+            continue
+        inner, name = str(entry[0]), str(entry[1])
+        if name.startswith("$$") or index >= len(values) or values[index] is None:  # a preview, or no host value
+            continue
+        found.setdefault(inner, {})[name] = values[index]
+    return found
+
+
 def _items(value: Any) -> list[dict[str, Any]]:
     """A node's input (or output) slots."""
     return [i for i in as_list(value) if isinstance(i, dict)]
@@ -177,8 +206,9 @@ class _Level:
     """One graph level being flattened into `graph`: the workflow itself, or one instance of a definition."""
 
     def __init__(self, definitions: _Definitions, inside: _Definition, prefix: str, bindings: dict[int, Any],
-                 graph: Graph, path: tuple[str, ...] = ()) -> None:
+                 graph: Graph, path: tuple[str, ...] = (), overrides: dict[str, dict[str, Any]] | None = None) -> None:
         self.definitions, self.inside, self.prefix, self.bindings = definitions, inside, prefix, bindings
+        self.overrides = overrides or {}  # widget values the instance sets on inner nodes (legacy proxyWidgets)
         self.graph, self.path = graph, path  # path: the definitions this level is inside, outermost first
         self.nodes = {str(n.get("id")): n for n in inside.nodes}
         self.instances = {k: d for k, n in self.nodes.items() if (d := definitions.of(n)) is not None}
@@ -203,17 +233,19 @@ class _Level:
         if node_id in self.expanded or type_ in self.path or len(self.path) >= _MAX_NESTING:
             return self.expanded.get(node_id, {})  # a definition inside itself is not expanded again
         self.expanded[node_id] = {}  # set first: instances that feed each other stop here
-        bindings = self.bindings_of(self.nodes[node_id])
+        proxied = _proxy_values(self.nodes[node_id])
+        bindings = self.bindings_of(self.nodes[node_id], promoted_in_order=proxied is None)
         child = _Level(self.definitions, self.instances[node_id], f"{self.prefix}{node_id}:", bindings, self.graph,
-                       (*self.path, type_))
+                       (*self.path, type_), proxied)
         child.emit()
         self.expanded[node_id] = {slot: child.source(origin) for slot, origin in child.inside.outputs.items()}
         return self.expanded[node_id]
 
-    def bindings_of(self, node: dict[str, Any]) -> dict[int, Any]:
+    def bindings_of(self, node: dict[str, Any], *, promoted_in_order: bool = True) -> dict[int, Any]:
         """What feeds each input of an instance: its link, or for a promoted widget (an input that carries `widget`)
-        the value set on the instance, which its `widgets_values` hold in the order of those inputs."""
-        values = iter(as_list(node.get("widgets_values")))
+        the value set on the instance, which its `widgets_values` hold in the order of those inputs (unless they
+        follow a legacy proxyWidgets list: then those values reach the inner nodes as overrides instead)."""
+        values = iter(as_list(node.get("widgets_values")) if promoted_in_order else ())
         bindings: dict[int, Any] = {}
         for slot, item in enumerate(_items(node.get("inputs"))):
             promoted = next(values, None) if isinstance(item.get("widget"), dict) else None
@@ -226,7 +258,7 @@ class _Level:
             if node_id in self.instances:
                 self.expand(node_id)
                 continue
-            inputs = _widget_inputs(node)
+            inputs = _widget_inputs(node) | self.overrides.get(node_id, {})
             for item in _items(node.get("inputs")):
                 if (source := self.link_source(item.get("link"))) is not None:
                     inputs[str(item.get("name"))] = source

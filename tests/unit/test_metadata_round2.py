@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from indexer.metadata.comfyui_graph import graph_from_workflow
 from indexer.metadata.reader import read_metadata
 
 Graph = dict[str, dict[str, Any]]
@@ -327,6 +328,53 @@ def test_a_promoted_widget_takes_the_value_set_on_the_instance(tmp_path: Path) -
     got = inspect(tmp_path, workflow=ui_workflow([instance], [promoted]))
     assert got["prompt"] == "a lighthouse typed on the instance"
     assert got["negative_prompt"] == "blurry"
+
+
+def proxied_instance(node_id: int, values: list[Any], proxy: Any, **inputs: int) -> dict[str, Any]:
+    """An instance saved by the front end's legacy promotion: `properties.proxyWidgets` names the inner widgets
+    shown on it, and its widgets_values hold their values in that order."""
+    instance = ui_node(node_id, SAMPLER_SUBGRAPH["id"], values, dict(inputs))
+    instance["properties"] = {"proxyWidgets": proxy}
+    return instance
+
+
+def test_legacy_proxy_widgets_give_each_instance_its_own_values(tmp_path: Path) -> None:
+    """Two instances of one subgraph with proxyWidgets: each sets its own prompt and seed (the definition's inner
+    values are whatever the last one saved into it); a `$$` preview entry holds a place but no value."""
+    proxy = [["6", "text"], ["-1", "$$canvas-image-preview"], ["3", "seed"]]
+    first = proxied_instance(10, ["a lighthouse set on the instance", None, 1234], proxy, model=1, clip=2)
+    second = proxied_instance(11, ["a windmill on the other instance", None, 99], json.dumps(proxy))
+    workflow = ui_workflow([first, second], [SAMPLER_SUBGRAPH])
+    got = inspect(tmp_path, workflow=workflow)
+    assert (got["prompt"], got["seed"]) == ("a lighthouse set on the instance", 1234)
+    assert (got["negative_prompt"], got["steps"], got["width"]) == ("blurry", 20, 512)  # not promoted: inner values
+    graph = graph_from_workflow(workflow)
+    assert graph["11:6"]["inputs"]["text"] == "a windmill on the other instance"
+    assert graph["11:3"]["inputs"]["seed"] == 99 and graph["11:3"]["inputs"]["steps"] == 20
+
+
+def test_legacy_proxy_widget_without_a_host_value_keeps_the_inner_one(tmp_path: Path) -> None:
+    for values, proxy in (([None], [["6", "text"]]), ([], [["6", "text"]]), (["x"], "not json ["),
+                          (["x"], [["6"], "junk", [None, "text"]])):
+        got = inspect(tmp_path, workflow=ui_workflow([proxied_instance(10, values, proxy, model=1, clip=2)],
+                                                     [SAMPLER_SUBGRAPH]))
+        assert got["error"] is None, (values, proxy)
+        assert_default_graph(got)
+
+
+def test_legacy_proxy_widget_of_a_linked_promoted_input_follows_the_proxy_order(tmp_path: Path) -> None:
+    """An instance with both forms (a promoted `text` input and proxyWidgets listing seed first): its
+    widgets_values follow the proxyWidgets order, not the order of its inputs."""
+    promoted = json.loads(json.dumps(SAMPLER_SUBGRAPH))
+    promoted["inputs"].append({"id": "i-text", "name": "text", "type": "STRING", "linkIds": [30]})
+    [encoder] = [n for n in promoted["nodes"] if n["id"] == 6]
+    encoder["inputs"].append({"name": "text", "type": "STRING", "widget": {"name": "text"}, "link": 30})
+    promoted["links"].append(sub_link(30, -10, 2, 6, 1))
+    instance = ui_node(10, promoted["id"], [7, "a harbour typed on the instance"], {"model": 1, "clip": 2})
+    instance["inputs"].append({"name": "text", "type": "STRING", "widget": {"name": "text"}, "link": None})
+    instance["properties"] = {"proxyWidgets": [["3", "seed"], ["6", "text"]]}
+    got = inspect(tmp_path, workflow=ui_workflow([instance], [promoted]))
+    assert (got["prompt"], got["seed"]) == ("a harbour typed on the instance", 7)
 
 
 def test_nested_subgraph_inside_a_subgraph(tmp_path: Path) -> None:
