@@ -8,9 +8,9 @@ jobs every third of the lease (on a connection of its own, so a render longer th
 job); a worker that dies stops renewing, and once its lease has run out the job is handed to the next worker
 (up to the job's max_attempts). Jobs are idempotent: their seeds are fixed when queued (or derived from the
 job), so a retried job makes the same bytes, which the corpus stores once, and whichever attempt finishes
-first links them to the job. A lost database is waited for (PROMPTDEX_DB__RECONNECT_SECONDS; the jobs in hand go
-back to the queue when their lease runs out, to be claimed again once it is back); a full disk stops the worker
-at once (its jobs go back to the queue). Payload schema: see `promptdex.generation`.
+first links them to the job. A lost database is waited for (PROMPTDEX_DB__RECONNECT_SECONDS): once it is back, the
+worker releases the jobs it had in hand and claims again (if it never comes back, their leases run out and other
+workers take them). A full disk stops the worker at once (its jobs go back to the queue). Payload schema: see `promptdex.generation`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from generator.requests import check_inputs
 from generator.service import ModelCache, generate_images, inputs_path, request_like, with_seeds
 from promptdex.catalog import fill_defaults, model_profile
 from promptdex.db import Database, open_database
-from promptdex.errors import InvalidInput, NotFound, PromptdexError
+from promptdex.errors import DatabaseError, InvalidInput, NotFound, PromptdexError
 from promptdex.generation import RANDOM_SEED_BITS, GenerateRequest, ReproduceJob, VariationsJob, parse_payload
 from promptdex.jobs import (
     WAKE_CHANNEL,
@@ -204,8 +204,11 @@ def run_worker(
                         if max_jobs is not None and taken >= max_jobs:
                             break
                 break
-            except psycopg.OperationalError as exc:  # its jobs go back to the queue when their lease runs out
-                conn = db.reconnect(exc, who=f"worker {report.name}", stop=stop)
+            except (psycopg.OperationalError, DatabaseError) as exc:  # its jobs: released once it is back
+                lost = exc.__cause__ if isinstance(exc, DatabaseError) else exc
+                if not isinstance(lost, psycopg.OperationalError):
+                    raise  # a database error that is not a lost connection (the schema, a setting)
+                conn = db.reconnect(lost, who=f"worker {report.name}", stop=stop)
     finally:
         cache.close()
         db.close()
