@@ -43,6 +43,7 @@ from promptdex.records import FileRecord, FileStatus, NewImage
 from promptdex.settings import Settings
 from promptdex.store import (
     add_image,
+    add_images,
     current_files,
     file_records,
     forget_file,
@@ -52,6 +53,7 @@ from promptdex.store import (
     move_image,
     other_copies,
     record_file,
+    record_files,
     recorded_under,
 )
 
@@ -319,7 +321,11 @@ def _store_batch(conn: Conn, batch: list[_Prepared], records: dict[str, FileReco
     """Store a batch in one transaction; a file the database refuses (bad data) is an error of that file only."""
     outcomes: list[tuple[_Prepared, _Outcome, int, str | None]] = []
     with conn.transaction():
+        added = _add_new(conn, [i for i in batch if i.image is not None and str(i.path) not in records])
         for item in batch:
+            if str(item.path) in added:
+                outcomes.append((item, _Outcome.IMPORTED, 0, None))
+                continue
             try:
                 with conn.transaction():  # a savepoint: one refused file does not undo the batch
                     outcome, missing = _store(conn, item, records.get(str(item.path)))
@@ -337,6 +343,25 @@ def _store_batch(conn: Conn, batch: list[_Prepared], records: dict[str, FileReco
             summary.errors.append((str(item.path), message.removeprefix(f"{item.path}: ")))
         summary.count(outcome)
         summary.missing += missing
+
+
+def _add_new(conn: Conn, items: list[_Prepared]) -> set[str]:
+    """Files at paths never recorded, in one go (`add_images`): the rows of content new to the corpus and their
+    file records. Returns the paths so stored; the others (a duplicate, content that comes back) take `_store`, as
+    do all of them when the database refuses a value in the batch (there the refused file is found)."""
+    if not items:
+        return set()
+    try:
+        with conn.transaction():  # a savepoint
+            added = add_images(conn, images=[i.image for i in items if i.image is not None])
+            new = [(item, image_id) for item, (image_id, created) in zip(items, added, strict=True) if created]
+            record_files(conn, records=[
+                FileRecord(path=str(item.path), file_size=item.size, file_mtime=item.mtime,
+                           sha256=item.image.sha256 if item.image else None, image_id=image_id,
+                           status=FileStatus.IMPORTED) for item, image_id in new])
+    except (psycopg.DataError, psycopg.IntegrityError):
+        return set()
+    return {str(item.path) for item, _ in new}
 
 
 def _record_error(conn: Conn, item: _Prepared, error: str) -> None:

@@ -392,6 +392,19 @@ def record_file(conn: Conn, *, record: FileRecord) -> None:
     )
 
 
+def record_files(conn: Conn, *, records: Sequence[FileRecord]) -> None:
+    """`record_file` for many paths, in one pipelined round of statements."""
+    if not records:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO imported_files (path, file_size, file_mtime, sha256, image_id, status, error) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (path) DO UPDATE SET file_size = EXCLUDED.file_size, "
+            "file_mtime = EXCLUDED.file_mtime, sha256 = EXCLUDED.sha256, image_id = EXCLUDED.image_id, "
+            "status = EXCLUDED.status, error = EXCLUDED.error, seen_at = now()",
+            [(r.path, r.file_size, r.file_mtime, r.sha256, r.image_id, str(r.status), r.error) for r in records])
+
+
 def other_copies(conn: Conn, *, image_id: int, besides: str) -> list[FileRecord]:
     """Other paths recorded as holding this image's content, oldest first."""
     rows = conn.execute(

@@ -125,6 +125,49 @@ def test_bad_files_are_reported_and_skipped(settings: Any, conn: Any, tmp_path: 
     assert again.imported == 0 and len(again.errors) == 5  # errors are reported again, never silently dropped
 
 
+def test_a_file_the_database_refuses_is_an_error_of_that_file_only(settings: Any, conn: Any, tmp_path: Path) -> None:
+    """A prompt with a NUL character (valid in an iTXt chunk, refused by PostgreSQL's text) among new files: the
+    batch they share is stored file by file, and only that file is an error."""
+    folder = tmp_path / "batch"
+    for i in range(5):
+        png(folder / f"ok-{i}.png", colour=(i, 80, 80), chunks={"parameters": A1111.format(prompt=f"ok {i}", seed=i)})
+    png(folder / "copy.png", colour=(0, 80, 80))  # the same pixels as ok-0 but no text: another file, other bytes
+    shutil.copy(folder / "ok-1.png", folder / "zz-ok-1.png")  # the same content twice in one batch
+    info = PngInfo()
+    info.add_itxt("parameters", A1111.format(prompt="a fox \x00 with a NUL", seed=9))
+    Image.new("RGB", (64, 48), (1, 2, 3)).save(folder / "nul.png", pnginfo=info)
+    summary = import_paths(conn, settings, [folder], progress=False)
+    errors = dict(summary.errors)
+    assert list(errors) == [str(folder / "nul.png")] and errors[str(folder / "nul.png")].startswith(
+        "the database refused it: ")
+    assert (summary.imported, summary.duplicates) == (6, 1) and count_images(conn) == 6
+    records = {r["path"]: r for r in rows(conn, "SELECT path, status, image_id FROM imported_files")}
+    assert records[str(folder / "nul.png")]["status"] == "error"
+    assert records[str(folder / "zz-ok-1.png")]["status"] == "duplicate"
+    assert records[str(folder / "zz-ok-1.png")]["image_id"] == records[str(folder / "ok-1.png")]["image_id"]
+    again = import_paths(conn, settings, [folder], progress=False)
+    assert (again.imported, again.unchanged, len(again.errors)) == (0, 7, 1)
+
+
+def test_new_files_of_one_batch_are_stored_with_their_records(settings: Any, conn: Any, tmp_path: Path) -> None:
+    folder = tmp_path / "fresh"
+    for i in range(4):
+        png(folder / f"f-{i}.png", colour=(i, 9, 9), chunks={"parameters": A1111.format(prompt="shared", seed=i)})
+    shutil.copy(folder / "f-2.png", folder / "f-2-copy.png")
+    summary = import_paths(conn, settings, [folder], progress=False)
+    assert (summary.imported, summary.duplicates, summary.errors) == (4, 1, [])
+    records = rows(conn, "SELECT f.path, f.status, f.sha256, i.path AS row_path, i.seed FROM imported_files f "
+                   "JOIN images i ON i.id = f.image_id ORDER BY f.path")
+    by_name = {Path(r["path"]).name: r for r in records}
+    assert {n: r["status"] for n, r in by_name.items() if n != "f-2.png"} == {
+        "f-0.png": "imported", "f-1.png": "imported", "f-2-copy.png": "imported", "f-3.png": "imported"}
+    assert by_name["f-2.png"]["status"] == "duplicate"  # its copy came first in the folder's order
+    assert by_name["f-2.png"]["row_path"] == str(folder / "f-2-copy.png")  # the row stays with the first file
+    assert all(r["sha256"] == hashlib.sha256(Path(r["path"]).read_bytes()).hexdigest() for r in records)
+    assert [by_name[f"f-{i}.png"]["seed"] for i in range(4)] == [0, 1, 2, 3]
+    assert rows(conn, "SELECT count(*) AS n FROM prompts")[0]["n"] == 1
+
+
 def test_generator_record_is_kept(settings: Any, conn: Any, tmp_path: Path) -> None:
     record = {"model": {"id": "stabilityai/sd-turbo"}, "scheduler": {"class": "EulerAncestralDiscreteScheduler",
                                                                         "config": {"num_train_timesteps": 1000}}}
