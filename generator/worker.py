@@ -10,7 +10,8 @@ job); a worker that dies stops renewing, and once its lease has run out the job 
 job), so a retried job makes the same bytes, which the corpus stores once, and whichever attempt finishes
 first links them to the job. A lost database is waited for (PROMPTDEX_DB__RECONNECT_SECONDS): once it is back, the
 worker releases the jobs it had in hand and claims again (if it never comes back, their leases run out and other
-workers take them). A full disk stops the worker at once (its jobs go back to the queue). Payload schema: see `promptdex.generation`.
+workers take them). A full disk stops the worker at once (its jobs go back to the queue). Payload schema: see
+`promptdex.generation`.
 """
 
 from __future__ import annotations
