@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import tuple_row
 
 from promptdex.params import GenerationParams
 from promptdex.records import FileRecord, FileStatus, Image, ImageFilter, ImageLocation, NewImage, SafetyScore
@@ -147,7 +148,7 @@ def add_images(conn: Conn, *, images: Sequence[NewImage]) -> list[tuple[int, boo
     # Scalar subqueries, not joins: the temporary table has no statistics, and each lookup must use the index.
     cols = sql.SQL(", ").join(map(sql.Identifier, _IMAGE_COLUMNS))
     scols = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in _IMAGE_COLUMNS)
-    found = conn.execute(sql.SQL(
+    found = conn.cursor(row_factory=tuple_row).execute(sql.SQL(
         "WITH added AS (INSERT INTO images ({cols}, prompt_id) "
         " SELECT DISTINCT ON (s.sha256) {scols}, CASE WHEN s.prompt <> '' THEN "
         "  (SELECT p.id FROM prompts p WHERE md5(p.text) = md5(s.prompt)) END "
@@ -155,15 +156,14 @@ def add_images(conn: Conn, *, images: Sequence[NewImage]) -> list[tuple[int, boo
         "SELECT s.ord, s.sha256, a.id AS added, (SELECT i.id FROM images i WHERE i.sha256 = s.sha256) AS existing "
         "FROM {table} s LEFT JOIN added a ON a.sha256 = s.sha256 ORDER BY s.ord"
     ).format(cols=cols, scols=scols, table=sql.Identifier(_BATCH_TABLE))).fetchall()
-    rows = [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in found]
-    late = [sha for _, sha, added, existing in rows if added is None and existing is None]
+    late = [sha for _, sha, added, existing in found if added is None and existing is None]
     ids: dict[str, int] = {}
     if late:  # added by another session after this statement's snapshot was taken
-        ids = {r[1]: r[0] for r in (tuple(x.values()) if isinstance(x, dict) else tuple(x) for x in conn.execute(
-            "SELECT id, sha256 FROM images WHERE sha256 = ANY(%s)", (late,)).fetchall())}
+        ids = dict(conn.cursor(row_factory=tuple_row).execute(
+            "SELECT sha256, id FROM images WHERE sha256 = ANY(%s)", (late,)).fetchall())
     out: list[tuple[int, bool]] = []
     seen: set[str] = set()
-    for _, sha, added, existing in rows:
+    for _, sha, added, existing in found:
         first = sha not in seen
         seen.add(sha)
         image_id = added if added is not None else existing if existing is not None else ids[sha]
@@ -380,29 +380,28 @@ def current_files(conn: Conn, *, paths: Sequence[str]) -> dict[str, tuple[int, f
     return found
 
 
+_RECORD_FILE = (
+    "INSERT INTO imported_files (path, file_size, file_mtime, sha256, image_id, status, error) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (path) DO UPDATE SET file_size = EXCLUDED.file_size, "
+    "file_mtime = EXCLUDED.file_mtime, sha256 = EXCLUDED.sha256, image_id = EXCLUDED.image_id, "
+    "status = EXCLUDED.status, error = EXCLUDED.error, seen_at = now()")
+
+
+def _record_values(record: FileRecord) -> tuple[Any, ...]:
+    return (record.path, record.file_size, record.file_mtime, record.sha256, record.image_id, str(record.status),
+            record.error)
+
+
 def record_file(conn: Conn, *, record: FileRecord) -> None:
     """Remember what an import found at a path (replacing what was recorded there before)."""
-    conn.execute(
-        "INSERT INTO imported_files (path, file_size, file_mtime, sha256, image_id, status, error) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (path) DO UPDATE SET file_size = EXCLUDED.file_size, "
-        "file_mtime = EXCLUDED.file_mtime, sha256 = EXCLUDED.sha256, image_id = EXCLUDED.image_id, "
-        "status = EXCLUDED.status, error = EXCLUDED.error, seen_at = now()",
-        (record.path, record.file_size, record.file_mtime, record.sha256, record.image_id, str(record.status),
-         record.error),
-    )
+    conn.execute(_RECORD_FILE, _record_values(record))
 
 
 def record_files(conn: Conn, *, records: Sequence[FileRecord]) -> None:
     """`record_file` for many paths, in one pipelined round of statements."""
-    if not records:
-        return
-    with conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO imported_files (path, file_size, file_mtime, sha256, image_id, status, error) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (path) DO UPDATE SET file_size = EXCLUDED.file_size, "
-            "file_mtime = EXCLUDED.file_mtime, sha256 = EXCLUDED.sha256, image_id = EXCLUDED.image_id, "
-            "status = EXCLUDED.status, error = EXCLUDED.error, seen_at = now()",
-            [(r.path, r.file_size, r.file_mtime, r.sha256, r.image_id, str(r.status), r.error) for r in records])
+    if records:
+        with conn.cursor() as cur:
+            cur.executemany(_RECORD_FILE, [_record_values(r) for r in records])
 
 
 def other_copies(conn: Conn, *, image_id: int, besides: str) -> list[FileRecord]:
