@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import random
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -118,6 +120,38 @@ def test_add_images_refuses_a_batch_with_a_bad_value_whole(conn: Any) -> None:
     with pytest.raises(psycopg.DataError), conn.transaction():
         store.add_images(conn, images=[make_image(30), make_image(31, prompt="a nul \x00 byte")])
     assert store.count_images(conn) == 0 and store.count_rows(conn)["prompts"] == 0
+
+
+def test_add_images_finds_a_row_another_session_commits_while_it_waits(db: Any, conn: Any) -> None:
+    """The batch's insert waits on another session's uncommitted row of the same content; once that commits, the
+    statement's snapshot, taken before, cannot see it: the id is read again after, and the batch is not created."""
+    late, fresh = make_image(40, prompt=""), make_image(41, prompt="")
+    result: list[Any] = []
+    with db.connect(autocommit=True) as other, other.transaction():
+        theirs, _ = store.add_image(other, image=late)
+        pid_box: list[int] = []
+
+        def batch() -> None:
+            with db.connect(autocommit=True) as mine:
+                pid_box.append(mine.info.backend_pid)
+                with mine.transaction():
+                    result.extend(store.add_images(mine, images=[late, fresh]))
+
+        thread = threading.Thread(target=batch)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until the batch's insert waits on the other session's row
+            waiting = pid_box and conn.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid_box[0],)).fetchone()
+            if waiting and waiting["wait_event_type"] == "Lock":
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the batch never waited on the other session's uncommitted row")
+    thread.join(30)
+    assert not thread.is_alive()
+    assert result[0] == (theirs, False) and result[1][1] is True
+    assert store.count_images(conn) == 2
 
 
 def test_images_sharing_a_prompt_share_one_prompt_row(conn: Any) -> None:
