@@ -6,7 +6,9 @@ expanded the way ComfyUI's front end does before queueing: inner nodes get ids "
 An instance's promoted widgets are read in both forms the front end has saved: inputs that carry `widget` (linked to
 the subgraph's inputs; the instance's `widgets_values` in input order), and the legacy `properties.proxyWidgets`
 list of `[inner node id, widget name]` (the instance's `widgets_values` in that list's order; `$$` entries are
-previews, not values).
+previews, not values). A legacy entry may name an inner node that is itself an instance: then the widget is one that
+instance promotes, and a third element (or an `id:` prefix on the name) gives the deepest node it comes from, as
+ComfyUI_frontend's `disambiguatingSourceNodeId` does; the outer instance's value wins over the inner one's.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,9 +141,23 @@ def _group(data: dict[str, Any], instance_widgets: Any) -> _Definition:
     return _Definition([n for n in inner if n.get("mode") not in _MUTED_MODES], links, outputs)
 
 
-def _proxy_values(node: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
-    """An instance's legacy promoted widgets (`properties.proxyWidgets`, a list or its JSON text): the value set on
-    the instance for each, by inner node id and widget name. None when it has none (the linked-input form)."""
+@dataclass(frozen=True)
+class _Promoted:
+    """A value an instance sets through a legacy proxyWidgets entry: on its inner node `node`, widget `name`; where
+    `node` is itself an instance, `leaf` (if known) is the deepest node the promoted widget comes from."""
+
+    node: str
+    name: str
+    leaf: str | None
+    value: Any
+
+
+_LEAF_PREFIX = re.compile(r"^(-?\d+):(.+)$")  # a legacy promoted name that carries its source node: "17:text"
+
+
+def _proxy_values(node: dict[str, Any]) -> list[_Promoted] | None:
+    """An instance's legacy promoted widgets (`properties.proxyWidgets`, a list or its JSON text) with the values set
+    on the instance, in order. None when it has none (the linked-input form)."""
     properties = node.get("properties")
     raw = properties.get("proxyWidgets") if isinstance(properties, dict) else None
     if isinstance(raw, str):
@@ -151,15 +168,35 @@ def _proxy_values(node: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
     if not isinstance(raw, list) or not raw:
         return None
     values = as_list(node.get("widgets_values"))
-    found: dict[str, dict[str, Any]] = {}
+    found: list[_Promoted] = []
     for index, entry in enumerate(raw):
         if not isinstance(entry, list) or len(entry) < 2 or not all(isinstance(e, str | int) for e in entry[:2]):
             continue
         inner, name = str(entry[0]), str(entry[1])
         if name.startswith("$$") or index >= len(values) or values[index] is None:  # a preview, or no host value
             continue
-        found.setdefault(inner, {})[name] = values[index]
+        leaf = str(entry[2]) if len(entry) > 2 and isinstance(entry[2], str | int) else None
+        found.append(_Promoted(inner, name, leaf, values[index]))
     return found
+
+
+def _pass_down(own: list[_Promoted] | None, outer: list[_Promoted], inside: _Definition) -> list[_Promoted]:
+    """The promoted values that reach an instance's inner nodes: its own, with the values an enclosing instance sets
+    on the widgets it promotes in turn (matched by name and, when given, source node) put in their place. An outer
+    value that matches none of its entries goes straight to its source node when that node is inside."""
+    entries = list(own or [])
+    inner_ids = {str(n.get("id")) for n in inside.nodes}
+    for promoted in outer:
+        name, leaf = promoted.name, promoted.leaf
+        if leaf is None and (prefixed := _LEAF_PREFIX.match(name)):
+            leaf, name = prefixed.group(1), prefixed.group(2)
+        index = next((i for i, e in enumerate(entries)
+                      if e.name == name and (leaf is None or leaf in (e.leaf, e.node))), None)
+        if index is not None:
+            entries[index] = _Promoted(entries[index].node, name, entries[index].leaf, promoted.value)
+        elif leaf is not None and leaf in inner_ids:
+            entries.append(_Promoted(leaf, name, None, promoted.value))
+    return entries
 
 
 def _items(value: Any) -> list[dict[str, Any]]:
@@ -206,9 +243,9 @@ class _Level:
     """One graph level being flattened into `graph`: the workflow itself, or one instance of a definition."""
 
     def __init__(self, definitions: _Definitions, inside: _Definition, prefix: str, bindings: dict[int, Any],
-                 graph: Graph, path: tuple[str, ...] = (), overrides: dict[str, dict[str, Any]] | None = None) -> None:
+                 graph: Graph, path: tuple[str, ...] = (), overrides: list[_Promoted] | None = None) -> None:
         self.definitions, self.inside, self.prefix, self.bindings = definitions, inside, prefix, bindings
-        self.overrides = overrides or {}  # widget values the instance sets on inner nodes (legacy proxyWidgets)
+        self.overrides = overrides or []  # widget values the instance sets on inner nodes (legacy proxyWidgets)
         self.graph, self.path = graph, path  # path: the definitions this level is inside, outermost first
         self.nodes = {str(n.get("id")): n for n in inside.nodes}
         self.instances = {k: d for k, n in self.nodes.items() if (d := definitions.of(n)) is not None}
@@ -233,22 +270,29 @@ class _Level:
         if node_id in self.expanded or type_ in self.path or len(self.path) >= _MAX_NESTING:
             return self.expanded.get(node_id, {})  # a definition inside itself is not expanded again
         self.expanded[node_id] = {}  # set first: instances that feed each other stop here
-        proxied = _proxy_values(self.nodes[node_id])
-        bindings = self.bindings_of(self.nodes[node_id], promoted_in_order=proxied is None)
+        own = _proxy_values(self.nodes[node_id])
+        outer = [p for p in self.overrides if p.node == node_id]  # what an enclosing instance sets through this one
+        bindings = self.bindings_of(self.nodes[node_id], promoted_in_order=own is None, outer=outer)
         child = _Level(self.definitions, self.instances[node_id], f"{self.prefix}{node_id}:", bindings, self.graph,
-                       (*self.path, type_), proxied)
+                       (*self.path, type_), _pass_down(own, outer, self.instances[node_id]))
         child.emit()
         self.expanded[node_id] = {slot: child.source(origin) for slot, origin in child.inside.outputs.items()}
         return self.expanded[node_id]
 
-    def bindings_of(self, node: dict[str, Any], *, promoted_in_order: bool = True) -> dict[int, Any]:
+    def bindings_of(self, node: dict[str, Any], *, promoted_in_order: bool = True,
+                    outer: Sequence[_Promoted] = ()) -> dict[int, Any]:
         """What feeds each input of an instance: its link, or for a promoted widget (an input that carries `widget`)
         the value set on the instance, which its `widgets_values` hold in the order of those inputs (unless they
-        follow a legacy proxyWidgets list: then those values reach the inner nodes as overrides instead)."""
+        follow a legacy proxyWidgets list: then those values reach the inner nodes as overrides instead). A value an
+        enclosing instance's proxyWidgets sets on one of these widgets, by its name, wins over the instance's own."""
         values = iter(as_list(node.get("widgets_values")) if promoted_in_order else ())
+        named = {p.name: p.value for p in outer}
         bindings: dict[int, Any] = {}
         for slot, item in enumerate(_items(node.get("inputs"))):
-            promoted = next(values, None) if isinstance(item.get("widget"), dict) else None
+            widget = item.get("widget")
+            promoted = next(values, None) if isinstance(widget, dict) else None
+            if isinstance(widget, dict) and str(widget.get("name")) in named:
+                promoted = named[str(widget.get("name"))]
             linked = self.link_source(item.get("link"))
             bindings[slot] = linked if linked is not None else promoted
         return bindings
@@ -258,7 +302,7 @@ class _Level:
             if node_id in self.instances:
                 self.expand(node_id)
                 continue
-            inputs = _widget_inputs(node) | self.overrides.get(node_id, {})
+            inputs = _widget_inputs(node) | {p.name: p.value for p in self.overrides if p.node == node_id}
             for item in _items(node.get("inputs")):
                 if (source := self.link_source(item.get("link"))) is not None:
                     inputs[str(item.get("name"))] = source

@@ -377,8 +377,9 @@ def test_legacy_proxy_widget_of_a_linked_promoted_input_follows_the_proxy_order(
     assert (got["prompt"], got["seed"]) == ("a harbour typed on the instance", 7)
 
 
-def test_nested_subgraph_inside_a_subgraph(tmp_path: Path) -> None:
-    """The text encoders sit in a subgraph of their own inside the sampler subgraph (clip in, two conds out)."""
+def nested_definitions(middle: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The sampler subgraph with its text encoders in a subgraph of their own (node 6: clip in, two conds out;
+    inside, node 1 is the positive encoder and node 2 the negative). `middle` is merged into that inner instance."""
     prompts = {
         "id": "5a9e0c1e-0000-4000-8000-000000000002", "name": "Prompts",
         "inputs": [{"id": "p-clip", "name": "clip", "type": "CLIP", "linkIds": [21, 22]}],
@@ -391,12 +392,56 @@ def test_nested_subgraph_inside_a_subgraph(tmp_path: Path) -> None:
     }
     outer = json.loads(json.dumps(SAMPLER_SUBGRAPH))
     outer["nodes"] = [n for n in outer["nodes"] if n["type"] != "CLIPTextEncode"]
-    outer["nodes"].append(ui_node(6, prompts["id"], inputs={"clip": 12}, outputs=2))
+    outer["nodes"].append(ui_node(6, prompts["id"], inputs={"clip": 12}, outputs=2) | (middle or {}))
     outer["links"] = [link for link in outer["links"] if link["id"] not in (13, 14, 15)]
     outer["links"] += [sub_link(14, 6, 0, 3, 1), sub_link(15, 6, 1, 3, 2)]
-    instance = ui_node(10, outer["id"], inputs={"model": 1, "clip": 2})
-    got = inspect(tmp_path, workflow=ui_workflow([instance], [outer, prompts]))
-    assert_default_graph(got)
+    return [outer, prompts]
+
+
+def test_nested_subgraph_inside_a_subgraph(tmp_path: Path) -> None:
+    instance = ui_node(10, SAMPLER_SUBGRAPH["id"], inputs={"model": 1, "clip": 2})
+    assert_default_graph(inspect(tmp_path, workflow=ui_workflow([instance], nested_definitions())))
+
+
+def test_legacy_proxy_widgets_through_a_nested_instance_reach_the_node_they_come_from(tmp_path: Path) -> None:
+    """The inner instance (6) promotes both encoders' `text`, told apart by their source node; the outer instances
+    promote those two again with the third element, the deepest source node (ComfyUI_frontend's
+    `disambiguatingSourceNodeId`), in the other order. Each outer instance's values reach the right encoder."""
+    middle = {"widgets_values": ["stale positive of the middle", "stale negative of the middle"],
+              "properties": {"proxyWidgets": [["1", "text"], ["2", "text"]]}}
+    proxy = [["6", "text", "2"], ["6", "text", "1"], ["3", "seed"]]
+    first = proxied_instance(10, ["no text", "a lighthouse on the outer instance", 555], proxy, model=1, clip=2)
+    second = proxied_instance(11, ["worst quality", "a windmill on the other one", 7], proxy)
+    workflow = ui_workflow([first, second], nested_definitions(middle))
+    got = inspect(tmp_path, workflow=workflow)
+    assert (got["prompt"], got["negative_prompt"], got["seed"]) == ("a lighthouse on the outer instance", "no text",
+                                                                     555)
+    graph = graph_from_workflow(workflow)
+    assert (graph["11:6:1"]["inputs"]["text"], graph["11:6:2"]["inputs"]["text"]) == ("a windmill on the other one",
+                                                                                      "worst quality")
+    only_middle = ui_node(10, SAMPLER_SUBGRAPH["id"], inputs={"model": 1, "clip": 2})  # no outer proxyWidgets
+    got = inspect(tmp_path, workflow=ui_workflow([only_middle], nested_definitions(middle)))
+    assert (got["prompt"], got["negative_prompt"]) == ("stale positive of the middle", "stale negative of the middle")
+
+
+def test_legacy_proxy_widget_names_with_a_source_prefix_and_linked_inner_inputs(tmp_path: Path) -> None:
+    """Older saves put the source node in the name (`1:text`); an inner instance without proxyWidgets still takes
+    it. An inner instance that promotes by a linked input (`widget` on the input) takes an outer value by name."""
+    outer = proxied_instance(10, ["a harbour by prefix"], [["6", "1:text"]], model=1, clip=2)
+    got = inspect(tmp_path, workflow=ui_workflow([outer], nested_definitions()))
+    assert (got["prompt"], got["negative_prompt"]) == ("a harbour by prefix", "blurry")
+    outer_def, prompts = nested_definitions()
+    prompts["inputs"].append({"id": "p-text", "name": "text", "type": "STRING", "linkIds": [30]})
+    encoder = prompts["nodes"][0]
+    encoder["inputs"].append({"name": "text", "type": "STRING", "widget": {"name": "text"}, "link": 30})
+    prompts["links"].append(sub_link(30, -10, 1, 1, 1))
+    [middle] = [n for n in outer_def["nodes"] if n["id"] == 6]
+    middle["widgets_values"] = ["the middle's own text"]
+    middle["inputs"].append({"name": "text", "type": "STRING", "widget": {"name": "text"}, "link": None})
+    for values, expected in ((["a harbour by name"], "a harbour by name"), ([None], "the middle's own text")):
+        outer = proxied_instance(10, values, [["6", "text"]], model=1, clip=2)
+        got = inspect(tmp_path, workflow=ui_workflow([outer], [outer_def, prompts]))
+        assert (got["prompt"], got["negative_prompt"]) == (expected, "blurry")
 
 
 def test_api_prompt_wins_over_the_subgraph_workflow(tmp_path: Path) -> None:
